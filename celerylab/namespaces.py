@@ -1,0 +1,109 @@
+"""Isolation on a shared broker: every grading run (and notebook session) gets its own namespace.
+
+A namespace renames everything two runs could otherwise share: on Redis/Valkey a global key prefix for
+broker and results (queues, unacked sets, pub/sub channels, result keys); everywhere the default queue,
+the event and remote-control exchanges, and the worker hostnames. So two gradings at once, or a grading
+next to a notebook, never see each other's messages, events or results. ``cleanup()`` removes it all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+from typing import Any
+
+import redis
+from celery import Celery
+
+from celerylab.brokers import Broker
+
+
+class Namespace:
+    def __init__(self, broker: Broker, label: str = "lab") -> None:
+        self.broker = broker
+        self.name = f"celerylab.{label}.{secrets.token_hex(3)}"
+        self._apps: list[Celery] = []
+        self._queues: set[str] = {self.queue}
+
+    @property
+    def queue(self) -> str:
+        """The default queue; a lab's own queue names come from :meth:`queue_name`."""
+        return f"{self.name}.default"
+
+    def queue_name(self, short: str) -> str:
+        name = f"{self.name}.{short}"
+        self._queues.add(name)
+        return name
+
+    def hostname(self, short: str) -> str:
+        return f"{short}@{self.name}"
+
+    def config(self) -> dict[str, Any]:
+        """Celery settings laid over the learner's app (worker and grader alike)."""
+        conf: dict[str, Any] = {
+            "broker_url": self.broker.url,
+            "result_backend": self.broker.backend_url,
+            "task_default_queue": self.queue,
+            "task_default_exchange": self.queue,
+            "task_default_routing_key": self.queue,
+            "event_exchange": f"{self.name}.ev",
+            "control_exchange": f"{self.name}.ctl",
+            "task_send_sent_event": True,
+            "task_track_started": True,
+            "worker_send_task_events": True,
+            "accept_content": ["json"],
+            "task_serializer": "json",
+            "result_serializer": "json",
+            "broker_connection_retry_on_startup": True,
+            "result_expires": 3600,
+            "worker_hijack_root_logger": False,
+        }
+        prefix = {"global_keyprefix": f"{self.name}:"}
+        if self.broker.is_redis:
+            conf["broker_transport_options"] = dict(prefix)
+        if self.broker.backend_url.startswith(("redis://", "rediss://")):
+            conf["result_backend_transport_options"] = dict(prefix)
+        return conf
+
+    def app(self, main: str = "celerylab") -> Celery:
+        """A bare app on this namespace: for sending by task name, remote control and events."""
+        app = Celery(main, set_as_current=False)
+        app.conf.update(self.config())
+        self._apps.append(app)
+        return app
+
+    def cleanup(self) -> None:
+        """Delete what the namespace left on the broker and backend; never raises."""
+        for app in self._apps:
+            with contextlib.suppress(Exception):
+                app.close()
+        self._apps.clear()
+        for url in {self.broker.url, self.broker.backend_url}:
+            if url.startswith(("redis://", "rediss://")):
+                with contextlib.suppress(redis.RedisError, OSError):
+                    _delete_prefixed(url, f"{self.name}:")
+        if self.broker.is_amqp:
+            with contextlib.suppress(Exception):
+                self._delete_amqp()
+
+    def _delete_amqp(self) -> None:
+        from kombu import Connection
+
+        with Connection(self.broker.url, connect_timeout=2) as conn:
+            channel = conn.channel()
+            for queue in sorted(self._queues):
+                with contextlib.suppress(Exception):
+                    channel.queue_delete(queue)
+            for exchange in (self.queue, f"{self.name}.ev", f"{self.name}.ctl.pidbox",
+                             f"reply.{self.name}.ctl.pidbox"):  # fmt: skip
+                with contextlib.suppress(Exception):
+                    channel = conn.channel()
+                    channel.exchange_delete(exchange)
+
+
+def _delete_prefixed(url: str, prefix: str) -> None:
+    client = redis.Redis.from_url(url, socket_timeout=2)
+    with contextlib.closing(client):
+        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+        for start in range(0, len(keys), 500):
+            client.delete(*keys[start : start + 500])

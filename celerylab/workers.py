@@ -1,0 +1,192 @@
+"""Real ``celery worker`` and ``celery beat`` processes on a learner's tasks module.
+
+    with start_worker(ns, "labs/retries", concurrency=2) as worker:
+        ...  # ready: it answered a control ping
+
+Ready means a remote-control ping came back, never a fixed sleep. Stopping is cold (SIGKILL to the whole
+process group, prefork children included) unless a warm shutdown is the point. Output goes to a log file
+that the grader shows when a test fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+
+from celerylab import processes, runtime
+from celerylab.namespaces import Namespace
+
+READY_TIMEOUT = 30.0
+
+
+class WorkerError(RuntimeError):
+    """A worker or beat died or never became ready; the message carries its log's tail."""
+
+
+class _Process:
+    """What workers and beat share: a spec'd ``celery -A celerylab.runtime`` child with a log."""
+
+    kind = "process"
+
+    def __init__(self, ns: Namespace, folder: Path | str, settings: dict[str, Any] | None, module: str):
+        self.ns = ns
+        self.folder = Path(folder).resolve()
+        self.module = module
+        self.settings = {**ns.config(), **(settings or {})}
+        self.logdir = Path(tempfile.mkdtemp(prefix="celerylab-log-"))
+        self.log_path = self.logdir / f"{self.kind}.log"
+        self.proc = None
+
+    def _spawn(self, argv: Sequence[str]) -> None:
+        spec = {"folder": str(self.folder), "module": self.module, "config": self.settings}
+        env = {**os.environ, runtime.ENV: json.dumps(spec), "PYTHONUNBUFFERED": "1"}
+        cmd = [sys.executable, "-m", "celery", "-A", "celerylab.runtime", *argv]
+        self.proc = processes.spawn(cmd, log_path=self.log_path, env=env, cwd=self.folder)
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def log_tail(self, lines: int = 25) -> str:
+        return "\n".join(self.log().splitlines()[-lines:])
+
+    def kill(self) -> None:
+        """Cold stop: SIGKILL to the whole group (main process and pool children)."""
+        if self.proc is not None:
+            processes.kill_group(self.proc, signal.SIGKILL)
+
+    def _died(self, what: str) -> WorkerError:
+        code = self.proc.returncode if self.proc else None
+        return WorkerError(f"the {self.kind} {what} (exit code {code}). Its log ends with:\n{self.log_tail()}")
+
+
+class Worker(_Process):
+    kind = "worker"
+
+    def __init__(
+        self,
+        ns: Namespace,
+        folder: Path | str,
+        *,
+        name: str = "w1",
+        concurrency: int = 2,
+        pool: str = "prefork",
+        queues: Sequence[str] | None = None,
+        prefetch_multiplier: int | None = None,
+        settings: dict[str, Any] | None = None,
+        extra_args: Sequence[str] = (),
+        module: str = "tasks",
+    ) -> None:
+        super().__init__(ns, folder, settings, module)
+        self.hostname = ns.hostname(name)
+        self.concurrency, self.pool = concurrency, pool
+        self.queues = list(queues or [ns.queue])
+        if prefetch_multiplier is not None:
+            self.settings["worker_prefetch_multiplier"] = prefetch_multiplier
+        self.extra_args = list(extra_args)
+        self.control: Celery = ns.app("control")
+
+    def start(self, ready_timeout: float = READY_TIMEOUT) -> Worker:
+        self._spawn(["worker", "-P", self.pool, "-c", str(self.concurrency), "-n", self.hostname,
+                     "-Q", ",".join(self.queues), "-E", "--without-gossip", "--without-mingle",
+                     "--without-heartbeat", "-l", "INFO", *self.extra_args])  # fmt: skip
+        self.wait_ready(ready_timeout)
+        return self
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.ping(0.25):
+            if not self.alive:
+                raise self._died("exited before it was ready")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise WorkerError(
+                    f"the worker did not answer a ping within {timeout:.0f} s. Does importing tasks.py "
+                    f"take that long, or loop forever? Its log ends with:\n{self.log_tail()}"
+                )
+
+    def ping(self, timeout: float = 1.0) -> bool:
+        replies = self.control.control.ping(destination=[self.hostname], timeout=timeout)
+        return any(self.hostname in reply for reply in replies or [])
+
+    def inspect(self, timeout: float = 2.0):
+        return self.control.control.inspect(destination=[self.hostname], timeout=timeout)
+
+    def pool_pids(self) -> list[int]:
+        stats = (self.inspect().stats() or {}).get(self.hostname, {})
+        return list(stats.get("pool", {}).get("processes", []))
+
+    def busy(self) -> bool:
+        """True if the worker holds any task: running, prefetched, or waiting for its ETA."""
+        insp = self.inspect()
+        return any((getattr(insp, what)() or {}).get(self.hostname) for what in ("active", "reserved", "scheduled"))
+
+    def stop(self, warm: bool = False, timeout: float = 15.0) -> None:
+        """Cold by default (fast); ``warm=True`` sends SIGTERM so running tasks may finish first."""
+        if self.proc is None:
+            return
+        if warm and self.alive:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            with contextlib.suppress(Exception):
+                self.proc.wait(timeout=timeout)
+        self.kill()
+
+
+class Beat(_Process):
+    kind = "beat"
+
+    def start(self, ready_timeout: float = READY_TIMEOUT) -> Beat:
+        schedule = self.logdir / "celerybeat-schedule"
+        self._spawn(["beat", "-s", str(schedule), "--pidfile=", "-l", "INFO", "--max-interval", "1"])
+        deadline = time.monotonic() + ready_timeout
+        while "beat: Starting..." not in self.log():
+            if not self.alive:
+                raise self._died("exited before it started")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise WorkerError(f"beat did not start within {ready_timeout:.0f} s:\n{self.log_tail()}")
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        self.kill()
+
+
+@contextlib.contextmanager
+def start_worker(ns: Namespace, folder: Path | str, **options: Any) -> Iterator[Worker]:
+    """A ready worker for the ``with`` block; killed afterwards whatever happened."""
+    worker = Worker(ns, folder, **options)
+    try:
+        yield worker.start()
+    finally:
+        worker.stop()
+
+
+@contextlib.contextmanager
+def start_beat(ns: Namespace, folder: Path | str, settings: dict[str, Any] | None = None) -> Iterator[Beat]:
+    beat = Beat(ns, folder, settings, "tasks")
+    try:
+        yield beat.start()
+    finally:
+        beat.stop()
