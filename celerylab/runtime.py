@@ -19,10 +19,12 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
 
 ENV = "CELERYLAB_TASKS"
 PROBE_MARK = "celerylab-probe: "
+ATTEMPT_START = "celerylab-start"  # sent from the pool process; see celerylab.timeline
+ATTEMPT_END = "celerylab-end"
 MERGED = ("broker_transport_options", "result_backend_transport_options")
 TASK_OPTIONS = ("autoretry_for", "dont_autoretry_for", "max_retries", "retry_backoff", "retry_backoff_max",
                 "retry_jitter", "default_retry_delay", "acks_late", "reject_on_worker_lost", "time_limit",
@@ -116,12 +118,37 @@ def _short_traceback(exc: BaseException, path: Path) -> str:
     return f"importing {path.name} raised {type(exc).__name__}: {exc}\n{where}".rstrip()
 
 
+_errors: dict[str, str] = {}  # task id -> the exception of the attempt running in this pool process
+
+
+def _attempt_started(task_id: str, task: Any, **_: Any) -> None:
+    """From inside the pool process: which process runs this attempt, and was it redelivered."""
+    delivery = task.request.delivery_info or {}
+    task.send_event(ATTEMPT_START, redelivered=bool(delivery.get("redelivered")))  # the event carries its pid
+
+
+def _attempt_failed(sender: Any = None, request: Any = None, reason: Any = None, task_id: str | None = None,
+                    exception: BaseException | None = None, **_: Any) -> None:  # fmt: skip
+    error = exception if exception is not None else getattr(reason, "exc", None) or reason
+    task_id = task_id or getattr(request, "id", None)
+    if task_id and error is not None:
+        _errors[task_id] = f"{type(error).__name__}({str(error)[:200]!r})"
+
+
+def _attempt_ended(task_id: str, task: Any, state: str | None = None, **_: Any) -> None:
+    task.send_event(ATTEMPT_END, state=state, exception=_errors.pop(task_id, None))
+
+
 def _worker_app() -> Celery | None:
     spec = os.environ.get(ENV)
     if not spec:
         return None
     spec = json.loads(spec)
     _, worker_app = load_tasks(spec["folder"], spec["config"], spec.get("module", "tasks"))
+    signals.task_prerun.connect(_attempt_started, weak=False)
+    signals.task_retry.connect(_attempt_failed, weak=False)
+    signals.task_failure.connect(_attempt_failed, weak=False)
+    signals.task_postrun.connect(_attempt_ended, weak=False)
     return worker_app
 
 

@@ -38,13 +38,13 @@ class _Process:
 
     kind = "process"
 
-    def __init__(self, ns: Namespace, folder: Path | str, settings: dict[str, Any] | None, module: str):
+    def __init__(self, ns: Namespace, folder: Path | str, settings: dict[str, Any] | None = None,
+                 module: str = "tasks", log_path: Path | None = None) -> None:  # fmt: skip
         self.ns = ns
         self.folder = Path(folder).resolve()
         self.module = module
         self.settings = {**ns.config(), **(settings or {})}
-        self.logdir = Path(tempfile.mkdtemp(prefix="celerylab-log-"))
-        self.log_path = self.logdir / f"{self.kind}.log"
+        self.log_path = log_path or Path(tempfile.mkdtemp(prefix="celerylab-")) / f"{self.kind}.log"
         self.proc = None
 
     def _spawn(self, argv: Sequence[str]) -> None:
@@ -97,8 +97,9 @@ class Worker(_Process):
         settings: dict[str, Any] | None = None,
         extra_args: Sequence[str] = (),
         module: str = "tasks",
+        log_path: Path | None = None,
     ) -> None:
-        super().__init__(ns, folder, settings, module)
+        super().__init__(ns, folder, settings, module, log_path)
         self.hostname = ns.hostname(name)
         self.concurrency, self.pool = concurrency, pool
         self.queues = list(queues or [ns.queue])
@@ -157,7 +158,7 @@ class Beat(_Process):
     kind = "beat"
 
     def start(self, ready_timeout: float = READY_TIMEOUT) -> Beat:
-        schedule = self.logdir / "celerybeat-schedule"
+        schedule = self.log_path.parent / "celerybeat-schedule"
         self._spawn(["beat", "-s", str(schedule), "--pidfile=", "-l", "INFO", "--max-interval", "1"])
         deadline = time.monotonic() + ready_timeout
         while "beat: Starting..." not in self.log():
@@ -185,7 +186,7 @@ def start_worker(ns: Namespace, folder: Path | str, **options: Any) -> Iterator[
 
 @contextlib.contextmanager
 def start_beat(ns: Namespace, folder: Path | str, settings: dict[str, Any] | None = None) -> Iterator[Beat]:
-    beat = Beat(ns, folder, settings, "tasks")
+    beat = Beat(ns, folder, settings)
     try:
         yield beat.start()
     finally:

@@ -1,0 +1,206 @@
+"""The pytest plugin that turns autograder tests into a grade.
+
+Loaded by the kit's root ``conftest.py``. Options, markers and fixtures:
+
+- ``--target labs|solutions|PATH``: whose ``tasks.py`` to grade (default: the learner's, ``labs/``).
+- ``--broker auto|embedded|redis|rabbitmq|URL`` (see celerylab.brokers for the default).
+- ``--report-dir DIR``: where ``<lab>.json`` reports go (default ``.celerylab/reports``).
+- ``@pytest.mark.points(n)``: what a test is worth (1 if absent).
+- ``@pytest.mark.deadline(seconds)``: the test's budget (30 s if absent); waits stop there and say
+  what was last seen instead of hanging. pytest-timeout stands behind it as a backstop.
+- fixtures ``lab`` (a :class:`~celerylab.session.LabRun` per test) over ``lab_session`` (per module),
+  and ``http_stub`` (a :class:`~celerylab.stubs.ScriptedHTTPServer` per module).
+
+A lab test module is ``tests/labs/test_<lab>.py``; the lab's name comes from the file name.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from celerylab.brokers import Broker, BrokerUnavailable, open_broker
+from celerylab.paths import kit_root, state_dir
+from celerylab.results import GradeReport, TestResult
+from celerylab.session import LabFailure, LabRun, LabSession
+from celerylab.stubs import ScriptedHTTPServer
+from celerylab.timeline import DeadlineExceeded
+from celerylab.workers import WorkerError
+
+DEFAULT_DEADLINE = 30.0
+BACKSTOP_MARGIN = 60.0
+VERDICTS = (LabFailure, DeadlineExceeded, WorkerError, BrokerUnavailable)
+_REPORTS = pytest.StashKey[dict[str, GradeReport]]()
+_BROKER = pytest.StashKey[dict[str, float]]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("celerylab", "celerylab grading")
+    group.addoption("--target", default="labs", help="grade labs/ (default), solutions/, or a folder PATH")
+    group.addoption("--broker", default=None,
+                    help="auto | embedded | redis | rabbitmq | a redis:// or amqp:// URL")  # fmt: skip
+    group.addoption("--report-dir", default=None, help="where <lab>.json grade reports are written")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "points(n): what an autograder test is worth (default 1)")
+    config.addinivalue_line("markers", f"deadline(seconds): an autograder test's budget (default {DEFAULT_DEADLINE:.0f})")
+    config.stash[_REPORTS] = {}
+    config.stash[_BROKER] = {}
+
+
+def lab_name(module_path: Path) -> str:
+    return module_path.stem.removeprefix("test_")
+
+
+def lab_folder(target: str, lab: str) -> Path:
+    """``labs``/``solutions`` name the kit's folders; any other value is a path to a lab or its parent."""
+    base = kit_root() / target if target in ("labs", "solutions") else Path(target).expanduser().resolve()
+    return base / lab if (base / lab).is_dir() else base
+
+
+def _deadline(item: pytest.Item) -> float:
+    mark = item.get_closest_marker("deadline")
+    return float(mark.args[0]) if mark else DEFAULT_DEADLINE
+
+
+def _points(item: pytest.Item) -> float:
+    mark = item.get_closest_marker("points")
+    return float(mark.args[0]) if mark else 1.0
+
+
+def _is_graded(item: pytest.Item) -> bool:
+    return "lab" in getattr(item, "fixturenames", ())
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if _is_graded(item) and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(_deadline(item) + BACKSTOP_MARGIN))
+
+
+@pytest.fixture(scope="session")
+def celerylab_broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
+    begun = time.monotonic()
+    with open_broker(request.config.getoption("--broker")) as broker:
+        request.config.stash[_BROKER]["broker_start"] = time.monotonic() - begun
+        yield broker
+
+
+@pytest.fixture(scope="module")
+def lab_session(request: pytest.FixtureRequest, celerylab_broker: Broker) -> Iterator[LabSession]:
+    name = lab_name(Path(request.module.__file__))
+    folder = lab_folder(request.config.getoption("--target"), name)
+    begun = time.monotonic()
+    session = LabSession(name, folder, celerylab_broker, state_dir() / "logs" / name)
+    report = _report(request.config, name)
+    report.target = _shown(folder)
+    report.broker = celerylab_broker.describe()
+    report.phases["broker_start"] = round(request.config.stash[_BROKER].get("broker_start", 0.0), 3)
+    report.phases["session_setup"] = round(time.monotonic() - begun, 3)
+    try:
+        yield session
+    finally:
+        begun = time.monotonic()
+        session.close()
+        report.phases["worker_start"] = round(session.worker_start_seconds, 3)
+        report.phases["teardown"] = round(time.monotonic() - begun, 3)
+
+
+@pytest.fixture
+def lab(request: pytest.FixtureRequest, lab_session: LabSession) -> LabRun:
+    run = LabRun(lab_session, _deadline(request.node))
+    request.node.stash[_RUN] = run
+    return run
+
+
+_RUN = pytest.StashKey[LabRun]()
+
+
+@pytest.fixture(scope="module")
+def http_stub() -> Iterator[ScriptedHTTPServer]:
+    """A scripted loopback HTTP server the learner's tasks call; it records every request."""
+    with ScriptedHTTPServer() as server:
+        yield server
+
+
+def _report(config: pytest.Config, name: str) -> GradeReport:
+    reports = config.stash[_REPORTS]
+    if name not in reports:
+        reports[name] = GradeReport(lab=name, target="", broker="")
+    return reports[name]
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.relative_to(kit_root()))
+    except ValueError:
+        return str(path)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    outcome = yield
+    rep: pytest.TestReport = outcome.get_result()
+    if not _is_graded(item) or rep.when == "teardown" and rep.passed:
+        return
+    if rep.when == "call" or rep.failed:
+        message = _message(call) if rep.failed else ""
+        if rep.failed and call.excinfo is not None and call.excinfo.errisinstance(VERDICTS + (AssertionError,)):
+            rep.longrepr = message
+        run = item.stash.get(_RUN, None)
+        log = run.session.logs(since=time.time() - rep.duration - 1) if (run and rep.failed) else ""
+        if log:
+            rep.sections.append(("celerylab worker logs", log))
+        title = (getattr(item.obj, "__doc__", None) or item.name).strip().splitlines()[0]
+        result = TestResult(id=item.nodeid, title=title, max_points=_points(item),
+                            points=0.0 if rep.failed else _points(item), status="fail" if rep.failed else "pass",
+                            message=message, duration=round(rep.duration, 3),
+                            backoff_wait=round(run.backoff_wait, 3) if run else 0.0, log=log[-3000:])  # fmt: skip
+        report = _report(item.config, lab_name(Path(item.fspath)))
+        report.tests = [t for t in report.tests if t.id != item.nodeid] + [result]
+
+
+def _message(call: pytest.CallInfo) -> str:
+    if call.excinfo is None:
+        return ""
+    exc = call.excinfo.value
+    if isinstance(exc, VERDICTS):
+        return str(exc)
+    if isinstance(exc, AssertionError):
+        return str(exc) or "an assertion failed"
+    tb = call.excinfo.getrepr(style="short", chain=False)
+    return f"the grader hit an unexpected {type(exc).__name__}: {exc}\n{tb}"[-3000:]
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    config = session.config
+    reports = config.stash.get(_REPORTS, {})
+    out_dir = Path(config.getoption("--report-dir") or state_dir() / "reports")
+    for report in reports.values():
+        if report.tests:
+            report.duration = round(sum(t.duration for t in report.tests), 3)
+            report.write(out_dir / f"{report.lab}.json")
+
+
+def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    for report in config.stash.get(_REPORTS, {}).values():
+        if report.tests:
+            write_score_table(terminalreporter, report)
+
+
+def write_score_table(tr, report: GradeReport) -> None:
+    tr.write_sep("=", f"celerylab · {report.lab} · {report.target}")
+    tr.write_line(f"broker: {report.broker}")
+    for t in report.tests:
+        mark, colour = ("✓", {"green": True}) if t.status == "pass" else ("✗", {"red": True})
+        tr.write(f"  {mark} {t.points:g}/{t.max_points:g}  ", **colour)
+        tr.write_line(t.title)
+        for line in t.message.splitlines()[:25]:
+            tr.write_line(f"         {line}")
+    full = report.full_marks
+    tr.write_line(f"Score: {report.score:g}/{report.max_score:g}" + ("  — full marks!" if full else ""),
+                  green=full, red=not full, bold=True)  # fmt: skip

@@ -1,0 +1,263 @@
+"""The question bank (``quiz/<topic>.yaml``) and the learner's memory of it.
+
+The bank is data: ``quiz/schema.json`` documents every field once. This module loads and validates it,
+grades an answer, and keeps a Leitner schedule per question id in ``Progress.quiz``:
+
+    {"box": 1-5, "last": session, "seen": n, "right": n}
+
+A right answer moves a question up one box, a wrong one back to box 1. Box b is due again ``2**(b-1)``
+sessions after it was last asked; a session is one quiz/interview run (or widget) that recorded an answer,
+numbered ``1 + max(last)``, so no separate counter is stored. A question in box ``MASTERED_BOX`` or
+higher is mastered: answered right at least twice in a row.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonschema import Draft202012Validator
+
+from celerylab.paths import kit_root
+
+MAX_BOX = 5
+MASTERED_BOX = 3
+SECTIONS = range(0, 18)  # 0 = the interview answer template, 1-17 = cheat-sheet sections
+LABS = ("retries", "canvas", "idempotency", "acks", "scheduling")  # labs/<name>/ (may still be in progress)
+
+
+def quiz_dir() -> Path:
+    return kit_root() / "quiz"
+
+
+class BankError(ValueError):
+    """The bank failed validation; ``errors`` lists every problem as ``file: where: what``."""
+
+    def __init__(self, errors: list[str]):
+        super().__init__("invalid quiz bank:\n  " + "\n  ".join(errors))
+        self.errors = errors
+
+
+def normalize(text: str) -> str:
+    """Lower case, '-'/'_' as spaces, single spaces: 'acks_late' and 'Acks-Late' read the same."""
+    return " ".join(re.sub(r"[-_]", " ", text.lower()).split())
+
+
+@dataclass(frozen=True)
+class KeyPoint:
+    point: str
+    any: tuple[str, ...]
+
+    def hit(self, answer: str) -> bool:
+        """True if a synonym starts a word of ``answer`` (already normalized)."""
+        return any(re.search(r"(?<!\w)" + re.escape(normalize(s)), answer) for s in self.any)
+
+
+@dataclass(frozen=True)
+class Question:
+    id: str
+    topic: str
+    section: int
+    difficulty: int
+    kind: str
+    prompt: str
+    explanation: str
+    code: str | None = None
+    choices: tuple[str, ...] = ()
+    answer: Any = None
+    key_points: tuple[KeyPoint, ...] = ()
+    min_points: int = 1
+    model_answer: str | None = None
+    links: dict[str, Any] = field(default_factory=dict)
+    proof: str | None = None
+    teaches: str | None = None
+
+    @property
+    def is_choice(self) -> bool:
+        return self.kind in ("single", "multi", "predict")
+
+    def right_choices(self) -> frozenset[int]:
+        return frozenset(self.answer if self.kind == "multi" else [self.answer])
+
+    def grade_choices(self, picked: Iterable[int]) -> bool:
+        return frozenset(picked) == self.right_choices()
+
+    def grade_text(self, answer: str) -> tuple[list[KeyPoint], list[KeyPoint]]:
+        """Split the key points into (hit, missed) by the typed answer."""
+        norm = normalize(answer)
+        hit = [kp for kp in self.key_points if kp.hit(norm)]
+        return hit, [kp for kp in self.key_points if kp not in hit]
+
+    def passes_text(self, answer: str) -> bool:
+        return len(self.grade_text(answer)[0]) >= self.min_points
+
+    def where_to_read(self) -> str:
+        """'cheat sheet §5 · notebooks/05_retries.ipynb · lab labs/retries/' (only what exists)."""
+        parts = []
+        if (sec := self.links.get("cheatsheet")) is not None:
+            parts.append("cheat sheet: answer template" if sec == 0 else f"cheat sheet §{sec}")
+        if nb := self.links.get("notebook"):
+            parts.append(nb)
+        if lab := self.links.get("lab"):
+            parts.append(f"lab labs/{lab}/ (celerylab grade {lab})")
+        return " · ".join(parts)
+
+
+def _question(topic: str, raw: dict[str, Any], defaults: dict[str, Any]) -> Question:
+    kps = tuple(KeyPoint(kp["point"], tuple(kp["any"])) for kp in raw.get("key_points", ()))
+    default_min = len(kps) if raw["kind"] == "short" else max(1, -(-2 * len(kps) // 3))
+    return Question(
+        id=raw["id"], topic=topic, section=raw["section"], difficulty=raw["difficulty"], kind=raw["kind"],
+        prompt=raw["prompt"].strip(), explanation=raw["explanation"].strip(),
+        code=raw["code"].rstrip() if raw.get("code") else None,
+        choices=tuple(c.strip() for c in raw.get("choices", ())), answer=raw.get("answer"),
+        key_points=kps, min_points=raw.get("min_points", default_min or 1),
+        model_answer=raw["model_answer"].strip() if raw.get("model_answer") else None,
+        links={"cheatsheet": raw["section"], **defaults, **raw.get("links", {})},
+        proof=raw.get("proof"), teaches=raw.get("teaches"),
+    )
+
+
+@cache
+def _validator() -> Draft202012Validator:
+    schema = json.loads((quiz_dir() / "schema.json").read_text())
+    Draft202012Validator.check_schema(schema)
+    return Draft202012Validator(schema)
+
+
+def _read(path: Path) -> tuple[dict[str, Any] | None, list[str]]:
+    """Parse and schema-check one file: (data, errors); data is None if unusable."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        return None, [f"{path.name}: cannot read: {exc}"]
+    errors = [
+        f"{path.name}: {'/'.join(map(str, e.absolute_path)) or '(top)'}: {e.message}"
+        for e in sorted(_validator().iter_errors(data), key=lambda e: list(map(str, e.absolute_path)))
+    ]
+    return (None if errors else data), errors
+
+
+def _semantic_errors(path: Path, data: dict[str, Any]) -> list[str]:
+    """What the schema cannot say: names agree, ids unique, answers in range, links resolve."""
+    errors, seen = [], set()
+    name = path.name
+    if data["topic"] != path.stem:
+        errors.append(f"{name}: topic {data['topic']!r} must equal the file name stem {path.stem!r}")
+    for raw in data["questions"]:
+        qid = raw["id"]
+        where = f"{name}: {qid}"
+        if not qid.startswith(f"{data['topic']}-"):
+            errors.append(f"{where}: id must start with '{data['topic']}-'")
+        if qid in seen:
+            errors.append(f"{where}: duplicate id")
+        seen.add(qid)
+        if raw["section"] not in data["sections"]:
+            errors.append(f"{where}: section {raw['section']} is not in the file's sections {data['sections']}")
+        n = len(raw.get("choices", ()))
+        answers = raw["answer"] if isinstance(raw.get("answer"), list) else [raw.get("answer")]
+        if n and any(not isinstance(a, int) or a >= n for a in answers):
+            errors.append(f"{where}: answer {raw['answer']} is out of range for {n} choices")
+        if len(set(raw.get("choices", ()))) != n:
+            errors.append(f"{where}: duplicate choices")
+        if raw.get("min_points", 0) > len(raw.get("key_points", ())):
+            errors.append(f"{where}: min_points exceeds the number of key points")
+        for key, value in {**data.get("links", {}), **raw.get("links", {})}.items():
+            if key == "notebook" and not (kit_root() / value).is_file():
+                errors.append(f"{where}: links.notebook {value} does not exist")
+            if key == "lab" and value not in LABS and not (kit_root() / "labs" / value).is_dir():
+                errors.append(f"{where}: links.lab {value!r} is neither a listed lab nor a folder in labs/")
+    return errors
+
+
+def validate_file(path: Path | str) -> list[str]:
+    """Every problem in one quiz file (empty list: valid)."""
+    path = Path(path)
+    data, errors = _read(path)
+    return errors if data is None else errors + _semantic_errors(path, data)
+
+
+def bank_files() -> list[Path]:
+    return sorted(quiz_dir().glob("*.yaml"))
+
+
+def load_bank(paths: Sequence[Path] | None = None) -> list[Question]:
+    """Every question, in file then bank order; raises BankError listing all problems."""
+    errors, questions = [], []
+    for path in paths or bank_files():
+        file_errors = validate_file(path)
+        errors += file_errors
+        if not file_errors:
+            data = yaml.safe_load(path.read_text())
+            questions += [_question(data["topic"], q, data.get("links", {})) for q in data["questions"]]
+    ids = [q.id for q in questions]
+    errors += [f"{i}: id used in more than one file" for i in sorted({i for i in ids if ids.count(i) > 1})]
+    if errors:
+        raise BankError(errors)
+    return questions
+
+
+def topics(bank: Sequence[Question]) -> list[str]:
+    return sorted({q.topic for q in bank})
+
+
+# --- memory: Leitner boxes in Progress.quiz -------------------------------------------------------------
+
+
+def next_session(memory: dict[str, dict[str, Any]]) -> int:
+    return 1 + max((e.get("last", 0) for e in memory.values() if isinstance(e, dict)), default=0)
+
+
+def record(memory: dict[str, dict[str, Any]], qid: str, right: bool, session: int) -> dict[str, Any]:
+    """Move ``qid`` up a box (right) or back to box 1 (wrong); returns its entry."""
+    entry = memory.setdefault(qid, {"box": 0, "seen": 0, "right": 0, "last": 0})
+    entry["box"] = min(MAX_BOX, entry.get("box", 0) + 1) if right else 1
+    entry["seen"] = entry.get("seen", 0) + 1
+    entry["right"] = entry.get("right", 0) + int(right)
+    entry["last"] = session
+    return entry
+
+
+def is_mastered(memory: dict[str, dict[str, Any]], qid: str) -> bool:
+    return memory.get(qid, {}).get("box", 0) >= MASTERED_BOX
+
+
+def select(
+    pool: Sequence[Question], memory: dict[str, dict[str, Any]], count: int, rng: random.Random | None = None
+) -> list[Question]:
+    """Up to ``count`` questions, most useful first: due wrong answers (box 1), then unseen, then other
+    due questions by box, then the rest soonest-due first. Ties are shuffled by ``rng``."""
+    rng = rng or random.Random()
+    session = next_session(memory)
+    shuffled = list(pool)
+    rng.shuffle(shuffled)
+
+    def rank(q: Question) -> tuple[int, int, int]:
+        entry = memory.get(q.id)
+        if not entry or not entry.get("box"):
+            return (1, 0, 0)
+        box, last = entry["box"], entry.get("last", 0)
+        due_at = last + 2 ** (box - 1)
+        if due_at <= session:
+            return (0 if box == 1 else 2, box, due_at)
+        return (3, due_at, box)
+
+    return sorted(shuffled, key=rank)[: max(0, count)]
+
+
+def mastery_by_section(progress: Any, bank: Sequence[Question] | None = None) -> dict[int, tuple[int, int]]:
+    """section -> (questions mastered, questions in the bank), for every section in the bank."""
+    bank = load_bank() if bank is None else bank
+    memory = progress.quiz
+    result: dict[int, tuple[int, int]] = {}
+    for q in bank:
+        done, total = result.get(q.section, (0, 0))
+        result[q.section] = (done + is_mastered(memory, q.id), total + 1)
+    return dict(sorted(result.items()))

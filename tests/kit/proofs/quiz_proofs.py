@@ -1,0 +1,118 @@
+"""The code of the bank's "predict what happens" questions, run by tests/kit/test_quiz_proofs.py on a real
+prefork worker. Each task is the question's code as printed (the question names the module ``tasks``);
+the worker's broker, backend and queues come from the kit's namespace, not from here.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import httpx
+import requests
+from celery import Celery, current_task
+
+app = Celery("tasks")
+app.conf.task_routes = {"images.*": {"queue": "images"}}
+
+
+@app.task
+def add(x, y):
+    return x + y
+
+
+@app.task
+def mul(x, y):
+    return x * y
+
+
+@app.task
+def sub(x, y):
+    return x - y
+
+
+@app.task
+def total(numbers):
+    return sum(numbers)
+
+
+@app.task
+def fail():
+    raise ValueError("boom")
+
+
+@app.task
+def nap(seconds, label):
+    time.sleep(seconds)
+    return label
+
+
+@app.task(bind=True, autoretry_for=(TimeoutError, ConnectionError), retry_backoff=2, retry_jitter=True,
+          max_retries=6)
+def call_api(self, url):
+    resp = httpx.get(url, timeout=5)
+    resp.raise_for_status()
+    return resp.json()
+
+
+@app.task(autoretry_for=(requests.RequestException,), retry_backoff=True, retry_kwargs={"max_retries": 5})
+def fetch_url(url):
+    return requests.get(url, timeout=5).text
+
+
+@app.task(bind=True, max_retries=2, default_retry_delay=0)
+def flaky(self):
+    try:
+        raise ValueError("still down")
+    except ValueError as exc:
+        raise self.retry(exc=exc)
+
+
+@app.task(soft_time_limit=1, time_limit=10)
+def slow():
+    try:
+        time.sleep(3)
+    except TimeoutError:
+        return "caught TimeoutError"
+    return "finished"
+
+
+@app.task(soft_time_limit=1)
+def report():
+    status = "complete"
+    try:
+        time.sleep(3)  # the slow part
+    except Exception as exc:  # "never let the report crash"
+        status = f"partial ({type(exc).__name__})"
+    return status
+
+
+@app.task(time_limit=1)
+def stuck():
+    try:
+        time.sleep(5)
+    except Exception:
+        return "recovered"
+
+
+@app.task
+def describe(value):
+    return {1: type(value).__name__}
+
+
+@app.task(ignore_result=True)
+def send_email(to):
+    return f"sent to {to}"
+
+
+@app.task
+def resize(path):
+    return current_task.request.delivery_info["routing_key"]
+
+
+@app.task(bind=True, max_retries=1, default_retry_delay=0)
+def charge(self, amount):
+    key = str(uuid.uuid4())  # "idempotency key"
+    if self.request.retries == 0:
+        raise self.retry(exc=ConnectionError("gateway timed out after charging"))
+    return key

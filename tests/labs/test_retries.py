@@ -1,0 +1,140 @@
+"""Autograder: retries with backoff (labs/retries/README.md has the contract).
+
+The learner's `fetch` runs on a real prefork worker and calls a scripted HTTP server the grader owns;
+verdicts come from what that server saw and from the workers' events (attempts, gaps, final state).
+"""
+
+import pytest
+
+from celerylab.session import expect
+
+MAX_RETRIES = 3
+CAP = 2.0  # retry_backoff_max
+BOUNDS = [min(CAP, 2.0**n) for n in range(MAX_RETRIES)]  # the longest allowed wait before retry n+1
+SLACK = 0.4  # event delivery and scheduling; countdowns are whole seconds
+REQUEST_TIMEOUT = 1.0
+
+
+@pytest.fixture
+def worker(lab):
+    return lab.worker(concurrency=4)
+
+
+def attempts_text(lab, result) -> str:
+    tries = lab.timeline.attempts(result.id)
+    return f"{len(tries)} attempt(s), final state {lab.timeline.state(result.id)}" + (
+        f", last error: {tries[-1].exception}" if tries and tries[-1].exception else ""
+    )
+
+
+@pytest.mark.points(1)
+@pytest.mark.deadline(15)
+def test_success_on_first_try(lab, worker, http_stub):
+    """A 200 reply: one request, SUCCESS, the reply's JSON as the result"""
+    url = http_stub.script("/ok", [200])
+    result = lab.send("fetch", url)
+    lab.wait(result)
+    expect(lab.timeline.state(result.id) == "SUCCESS", "fetch(url) of a healthy server should succeed.",
+           expected="SUCCESS", observed=attempts_text(lab, result))  # fmt: skip
+    value = result.get(timeout=5)
+    expect(value == {"path": "/ok", "attempt": 1, "status": 200}, "fetch should return the reply's JSON body.",
+           expected="{'path': '/ok', 'attempt': 1, 'status': 200}", observed=repr(value))  # fmt: skip
+    expect(len(http_stub.hits("/ok")) == 1, "A healthy server should be called once.",
+           observed=f"{len(http_stub.hits('/ok'))} requests")  # fmt: skip
+
+
+@pytest.mark.points(1)
+@pytest.mark.deadline(15)
+def test_client_error_fails_at_once(lab, worker, http_stub):
+    """A 404 is not retried: one request, then FAILURE"""
+    url = http_stub.script("/missing", [404])
+    result = lab.send("fetch", url)
+    lab.wait(result)
+    hits = len(http_stub.hits("/missing"))
+    expect(lab.timeline.state(result.id) == "FAILURE" and hits == 1,
+           "A 4xx means the request itself is wrong; asking again cannot help.",
+           expected="FAILURE after exactly 1 request", observed=f"{attempts_text(lab, result)}; {hits} request(s)",
+           hint="raise an exception for 4xx that is NOT in autoretry_for.")  # fmt: skip
+
+
+@pytest.mark.points(2)
+@pytest.mark.deadline(20)
+def test_retries_server_errors_until_success(lab, worker, http_stub):
+    """503, 502, then 200: retried twice, then SUCCESS"""
+    url = http_stub.script("/flaky", [503, 502, 200])
+    result = lab.send("fetch", url)
+    lab.wait(result)
+    tries = lab.timeline.attempts(result.id)
+    expect(lab.timeline.state(result.id) == "SUCCESS" and len(tries) == 3,
+           "A 5xx is worth retrying: the server may recover.",
+           expected="3 attempts (503, 502, 200), then SUCCESS", observed=attempts_text(lab, result),
+           hint="httpx does not raise on a 5xx by itself; raise an exception that autoretry_for names.")  # fmt: skip
+
+
+@pytest.mark.points(1)
+@pytest.mark.deadline(20)
+def test_retries_connection_errors(lab, worker, http_stub):
+    """A connection reset, then 200: retried once, then SUCCESS"""
+    url = http_stub.script("/reset", ["reset", 200])
+    result = lab.send("fetch", url)
+    lab.wait(result)
+    tries = lab.timeline.attempts(result.id)
+    expect(lab.timeline.state(result.id) == "SUCCESS" and len(tries) == 2,
+           "A dropped connection is worth retrying.",
+           expected="2 attempts (reset, 200), then SUCCESS", observed=attempts_text(lab, result),
+           hint="httpx.ConnectError and ReadError are not builtin ConnectionError subclasses; "
+                "what is their common httpx parent?")  # fmt: skip
+
+
+@pytest.mark.points(1)
+@pytest.mark.deadline(20)
+def test_request_has_a_timeout(lab, worker, http_stub):
+    """A server that hangs: the request times out within ~1 s and is retried"""
+    url = http_stub.script("/hang", ["hang", 200])
+    result = lab.send("fetch", url)
+    lab.wait(result)
+    tries = lab.timeline.attempts(result.id)
+    first = tries[0].duration if tries and tries[0].duration is not None else None
+    expect(first is not None and first <= REQUEST_TIMEOUT + 0.8,
+           "A request without a short timeout blocks a worker process for as long as the server likes.",
+           expected=f"the first attempt gives up after at most {REQUEST_TIMEOUT:g} s",
+           observed=f"it took {first:.1f} s" if first is not None else attempts_text(lab, result),
+           hint="httpx.get(url, timeout=1.0)")  # fmt: skip
+    expect(lab.timeline.state(result.id) == "SUCCESS" and len(tries) == 2, "A timeout is worth retrying.",
+           expected="2 attempts (timeout, 200), then SUCCESS", observed=attempts_text(lab, result))  # fmt: skip
+
+
+@pytest.mark.points(2)
+@pytest.mark.deadline(20)
+def test_gives_up_after_three_retries(lab, worker, http_stub):
+    """A server that always answers 503: exactly 4 attempts (1 + 3 retries), then FAILURE"""
+    url = http_stub.script("/down", [503])
+    result = lab.send("fetch", url)
+    lab.wait(result)
+    tries = lab.timeline.attempts(result.id)
+    expect(lab.timeline.state(result.id) == "FAILURE" and len(tries) == MAX_RETRIES + 1,
+           "Retries must end: give up after 3 retries and let the task fail.",
+           expected=f"{MAX_RETRIES + 1} attempts, then FAILURE", observed=attempts_text(lab, result),
+           hint="max_retries=3 (and retry on 5xx at all).")  # fmt: skip
+
+
+@pytest.mark.points(2)
+@pytest.mark.deadline(25)
+def test_backoff_is_exponential_capped_and_jittered(lab, worker, http_stub):
+    """Four tasks against a dead server: waits within 0..min(2, 2^n) s, and jittered"""
+    results = [lab.send("fetch", http_stub.script(f"/down-{i}", [503])) for i in range(4)]
+    lab.wait(results)
+    gaps = [lab.timeline.gaps(r.id) for r in results]
+    expect(all(len(g) == MAX_RETRIES for g in gaps), "Each task should retry 3 times against a dead server.",
+           expected=f"{MAX_RETRIES} waits per task", observed=f"waits per task: {[len(g) for g in gaps]}")  # fmt: skip
+    shown = "; ".join(", ".join(f"{x:.1f}" for x in g) for g in gaps)
+    too_long = [(n, x) for g in gaps for n, x in enumerate(g) if x > BOUNDS[n] + SLACK]
+    expect(not too_long, "Each wait must stay within the exponential bound and the 2 s cap.",
+           expected=f"wait before retry n+1 within 0..{BOUNDS} s", observed=f"waits (s): {shown}",
+           hint="retry_backoff=1 with retry_backoff_max=2.")  # fmt: skip
+    flat = [x for g in gaps for x in g]
+    deterministic = all(abs(x - BOUNDS[n]) < SLACK for g in gaps for n, x in enumerate(g))
+    expect(not deterministic and max(flat) >= 0.9,
+           "Waits must be jittered (random 0..bound) yet real (not all zero).",
+           expected="waits spread over 0..bound across tasks", observed=f"waits (s): {shown}",
+           hint="retry_jitter=True; without it every client retries in lockstep (thundering herd).")  # fmt: skip
