@@ -1,0 +1,100 @@
+"""Real workers from a notebook: the same engine the grader uses, behind one small object.
+
+    pg = Playground()                 # broker: Redis if it answers, else an embedded Valkey
+    pg.write_tasks(CODE)              # or Playground(folder="../solutions/retries")
+    pg.start(concurrency=2)           # a real prefork worker on that tasks.py
+    result = pg.send("fetch", url)
+    pg.wait(result)
+    pg.timeline.plot()
+    pg.close()                        # also happens at kernel exit
+
+``start()`` again (e.g. from a widget with new settings) replaces the worker; ``mark()`` starts a fresh
+timeline so a plot shows only the latest run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+from celery.result import AsyncResult
+
+from celerylab.brokers import open_broker
+from celerylab.session import LabRun, LabSession
+from celerylab.timeline import Timeline
+from celerylab.workers import Worker
+
+
+class Playground:
+    def __init__(self, folder: str | Path | None = None, broker: str | None = None, label: str = "notebook"):
+        self._stack = contextlib.ExitStack()
+        self.broker = self._stack.enter_context(open_broker(broker))
+        self.folder = Path(folder).resolve() if folder else Path(tempfile.mkdtemp(prefix="celerylab-nb-"))
+        self.label = label
+        self.session: LabSession | None = None
+        self.run: LabRun | None = None
+
+    def __enter__(self) -> Playground:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def write_tasks(self, code: str) -> Path:
+        """Write ``tasks.py`` for the next :meth:`start` (the notebook shows the code it runs)."""
+        path = self.folder / "tasks.py"
+        path.write_text(textwrap.dedent(code))
+        return path
+
+    def start(self, concurrency: int = 2, deadline: float = 120.0, **worker_options: Any) -> Worker:
+        """(Re)load tasks.py in a fresh namespace and start one real worker on it."""
+        self._close_session()
+        self.session = LabSession(self.label, self.folder, self.broker, self.folder / "logs")
+        self.run = LabRun(self.session, deadline)
+        return self.session.worker(concurrency=concurrency, **worker_options)
+
+    def worker(self, name: str, **worker_options: Any) -> Worker:
+        """Another worker in the same namespace (e.g. to show two workers sharing a queue)."""
+        return self._run().session.start_worker(name, **worker_options)
+
+    def _run(self) -> LabRun:
+        if self.run is None:
+            raise RuntimeError("call start() first: it loads tasks.py and starts a worker")
+        return self.run
+
+    @property
+    def timeline(self) -> Timeline:
+        return self._run().timeline
+
+    @property
+    def app(self):
+        return self._run().session.app
+
+    def mark(self, deadline: float = 120.0) -> Timeline:
+        """Forget earlier events: the timeline starts now."""
+        self.run = LabRun(self._run().session, deadline)
+        return self.run.timeline
+
+    def send(self, task: str, *args: Any, **options: Any) -> AsyncResult:
+        return self._run().send(task, *args, **options)
+
+    def signature(self, task: str, *args: Any, **options: Any):
+        return self._run().signature(task, *args, **options)
+
+    def wait(self, results: AsyncResult | list[AsyncResult], timeout: float = 60.0) -> None:
+        run = self._run()
+        run.deadline, run.deadline_seconds = time.monotonic() + timeout, timeout  # a notebook has no test budget
+        run.wait(results, timeout)
+
+    def _close_session(self) -> None:
+        if self.session is not None:
+            self.session.close()
+        self.session = self.run = None
+
+    def close(self) -> None:
+        self._close_session()
+        self._stack.close()
