@@ -76,6 +76,7 @@ class Namespace:
         """Delete what the namespace left on the broker and backend; never raises."""
         for app in self._apps:
             with contextlib.suppress(Exception):
+                _forget_result_subscriptions(app)
                 app.close()
         self._apps.clear()
         for url in {self.broker.url, self.broker.backend_url}:
@@ -99,6 +100,19 @@ class Namespace:
                 with contextlib.suppress(Exception):
                     channel = conn.channel()
                     channel.exchange_delete(exchange)
+
+
+def _forget_result_subscriptions(app: Celery) -> None:
+    """Stop the Redis result consumer and forget its channels.
+
+    Otherwise an AsyncResult collected after the broker is gone (an embedded server stops with the grade)
+    tries to unsubscribe in ``__del__`` and retries its reconnect for ~20 s before giving up loudly.
+    """
+    consumer = getattr(app.backend, "result_consumer", None)
+    if consumer is not None and hasattr(consumer, "subscribed_to"):
+        consumer.stop()
+        consumer.subscribed_to.clear()
+        consumer._pubsub = None
 
 
 def _delete_prefixed(url: str, prefix: str) -> None:

@@ -9,6 +9,7 @@ way a learner's code can go wrong into a :class:`LabFailure` that says what to d
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from celerylab.namespaces import Namespace
 from celerylab.timeline import DeadlineExceeded, Recorder, Timeline
 from celerylab.workers import Beat, Worker, WorkerError
 
-PROBE_TIMEOUT = 20.0
+PROBE_TIMEOUT = float(os.environ.get("CELERYLAB_PROBE_TIMEOUT", "20"))  # importing tasks.py may not take longer
 
 
 class LabFailure(AssertionError):

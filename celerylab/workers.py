@@ -138,6 +138,26 @@ class Worker(_Process):
         stats = (self.inspect().stats() or {}).get(self.hostname, {})
         return list(stats.get("pool", {}).get("processes", []))
 
+    def kill_pool_process(self, pid: int) -> None:
+        """SIGKILL one pool child (say, the one running a task) while the main process lives on: what an
+        OOM kill or a crash in native code looks like to Celery (``WorkerLostError``), unlike :meth:`kill`.
+        Refuses a pid that is not in this worker's pool, so a stale pid can never hit another process."""
+        if pid not in self.pool_pids():
+            raise WorkerError(f"pid {pid} is not a pool process of {self.hostname}")
+        os.kill(pid, signal.SIGKILL)
+
+    def wait_pool_replaced(self, pid: int, timeout: float = 10.0) -> list[int]:
+        """Until ``pid`` has left the pool and the pool is back to full strength; returns the pool's pids.
+        Polls remote control with a deadline (the pool reports no event when it replaces a process)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            pids = self.pool_pids()
+            if pids and pid not in pids and len(pids) >= self.concurrency:
+                return pids
+            if time.monotonic() > deadline:
+                raise WorkerError(f"pool process {pid} was not replaced within {timeout:.0f} s (pool: {pids})")
+            time.sleep(0.1)
+
     def busy(self) -> bool:
         """True if the worker holds any task: running, prefetched, or waiting for its ETA."""
         insp = self.inspect()
