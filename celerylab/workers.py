@@ -158,6 +158,33 @@ class Worker(_Process):
                 raise WorkerError(f"pool process {pid} was not replaced within {timeout:.0f} s (pool: {pids})")
             time.sleep(0.1)
 
+    def consuming(self, queue: str | None = None) -> bool:
+        """Whether the worker reads ``queue`` (default: the namespace's) now, per ``active_queues``."""
+        queue = queue or self.ns.queue
+        found = (self.inspect().active_queues() or {}).get(self.hostname) or []
+        return any(q.get("name") == queue for q in found)
+
+    def pause_queue(self, queue: str | None = None, timeout: float = 10.0) -> None:
+        """Stop reading ``queue`` (remote ``cancel_consumer``) and return once the worker confirms it, so
+        messages sent next wait on the broker (e.g. to let them expire) while the worker stays up."""
+        self._set_consuming(queue or self.ns.queue, False, timeout)
+
+    def resume_queue(self, queue: str | None = None, timeout: float = 10.0) -> None:
+        """Undo :meth:`pause_queue` (remote ``add_consumer``); returns once the worker reads it again."""
+        self._set_consuming(queue or self.ns.queue, True, timeout)
+
+    def _set_consuming(self, queue: str, on: bool, timeout: float) -> None:
+        # Both commands only schedule the change in the worker (call_soon): their reply proves nothing.
+        if on:
+            self.control.control.add_consumer(queue, exchange=queue, routing_key=queue, exchange_type="direct",
+                                              destination=[self.hostname], reply=True, timeout=timeout)  # fmt: skip
+        else:
+            self.control.control.cancel_consumer(queue, destination=[self.hostname], reply=True, timeout=timeout)
+        deadline = time.monotonic() + timeout
+        while self.consuming(queue) != on:
+            if time.monotonic() > deadline:
+                raise WorkerError(f"the worker did not {'resume' if on else 'pause'} {queue} within {timeout:.0f} s")
+
     def busy(self) -> bool:
         """True if the worker holds any task: running, prefetched, or waiting for its ETA."""
         insp = self.inspect()

@@ -1,0 +1,237 @@
+"""Autograder: scheduling (labs/scheduling/README.md has the contract).
+
+The learner's publishing helpers run here, in-process, on the learner's own app configured for the
+namespace; the tasks they send run on a real prefork worker, and verdicts come from its events (when each
+attempt started, REVOKED with expired=True). The crontab entries are judged deterministically: each
+schedule is asked `is_due` minute by minute over a fixed week with an injected clock, as beat would. The
+interval entry is judged on a real `celery beat` process feeding the real worker.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from celery.schedules import maybe_schedule
+
+from celerylab.session import expect
+
+DELAY = 1.0  # the countdown/eta used here, in seconds
+EARLY = 0.05  # a start this much before its time is still on time (timer and event jitter)
+LATE = 1.5  # ... and this much after it
+INTERVAL = 2.0  # the contract's health_check period
+WEEK_START = datetime(2026, 5, 31, 12, 0, tzinfo=timezone.utc)  # a Sunday noon; June has DST in Europe
+DAYS = "Mon Tue Wed Thu Fri Sat Sun".split()
+
+
+@pytest.fixture
+def worker(lab):
+    return lab.worker(concurrency=2)
+
+
+def helper(lab, name: str):
+    """The learner's publishing function ``name`` from tasks.py (a failure that says so if missing)."""
+    fn = getattr(lab.module(), name, None)
+    expect(callable(fn), f"MISSING FUNCTION: tasks.py has no function `{name}`.",
+           expected=f"def {name}(...) as the README's contract says", hint="did you rename or delete it?")  # fmt: skip
+    return fn
+
+
+def first_start(lab, result) -> float | None:
+    tries = lab.timeline.attempts(result.id)
+    return tries[0].start if tries else None
+
+
+def sent_field(lab, result, key: str) -> Any:
+    """A field of the ``task-sent`` event: what really went on the wire for this message."""
+    sent = lab.timeline.events("task-sent", uuid=result.id)
+    return sent[0].get(key) if sent else None
+
+
+def check_on_time(lab, result, due: float, what: str, hint: str) -> None:
+    lab.wait(result)
+    start = first_start(lab, result)
+    expect(start is not None and lab.timeline.state(result.id) == "SUCCESS", f"{what} should run, once.",
+           expected="SUCCESS", observed=lab.timeline.describe(result.id))  # fmt: skip
+    offset = start - due
+    expect(-EARLY <= offset <= LATE, f"{what} must not start before its time (nor long after it).",
+           expected=f"the task starts {DELAY:g} s after it was sent (0..{LATE:g} s late at most)",
+           observed=f"it started {start - (due - DELAY):.2f} s after it was sent", hint=hint)  # fmt: skip
+
+
+@pytest.mark.points(2)
+@pytest.mark.deadline(15)
+def test_countdown_never_runs_early(lab, worker):
+    """remind_later(user, 1): the reminder starts 1 s after it was sent, not before"""
+    remind_later = helper(lab, "remind_later")
+    sent = time.time()
+    result = remind_later("ada", DELAY)
+    check_on_time(lab, result, sent + DELAY, "remind_later(user, delay)'s reminder",
+                  hint="apply_async((user_id,), countdown=delay); .delay() sends it to run at once.")  # fmt: skip
+
+
+@pytest.mark.points(1)
+@pytest.mark.deadline(15)
+def test_eta_runs_at_the_given_moment(lab, worker):
+    """remind_at(user, when): the reminder starts at `when` (an aware UTC datetime), not before"""
+    remind_at = helper(lab, "remind_at")
+    when = datetime.now(timezone.utc) + timedelta(seconds=DELAY)
+    result = remind_at("grace", when)
+    check_on_time(lab, result, when.timestamp(), "remind_at(user, when)'s reminder",
+                  hint="apply_async((user_id,), eta=when).")  # fmt: skip
+
+
+@pytest.mark.points(1)
+@pytest.mark.deadline(15)
+def test_utc_in_is_timezone_aware(lab, worker):
+    """utc_in(1) is an aware UTC datetime 1 s ahead, and it goes on the wire with its +00:00"""
+    utc_in, remind_at = helper(lab, "utc_in"), helper(lab, "remind_at")
+    now = datetime.now(timezone.utc)
+    when = utc_in(DELAY)
+    expect(isinstance(when, datetime), "utc_in(seconds) should return a datetime.", observed=repr(when))
+    expect(when.tzinfo is not None and when.utcoffset() == timedelta(0),
+           "utc_in(seconds) must be timezone-aware UTC. A naive datetime (datetime.utcnow() makes one) is "
+           "read by Celery in app.conf.timezone, so it means another moment as soon as that is not UTC.",
+           expected="tzinfo UTC (utcoffset 0)", observed=f"{when!r} (tzinfo {when.tzinfo})",
+           hint="datetime.now(timezone.utc) + timedelta(seconds=seconds); utcnow() is deprecated since "
+                "Python 3.12.")  # fmt: skip
+    ahead = (when - now).total_seconds()
+    expect(abs(ahead - DELAY) < 0.5, "utc_in(seconds) should be `seconds` from now.",
+           expected=f"about {DELAY:g} s ahead of now", observed=f"{ahead:.2f} s ahead")  # fmt: skip
+    result = remind_at("linus", when)
+    lab.wait(result)
+    eta = sent_field(lab, result, "eta") or ""
+    expect(eta.endswith("+00:00"), "The message's eta should say which timezone it is in.",
+           expected="an ISO eta ending in +00:00", observed=f"eta on the wire: {eta!r}",
+           hint="remind_at must pass `when` as eta=when.")  # fmt: skip
+
+
+@pytest.mark.points(2)
+@pytest.mark.deadline(20)
+def test_expired_offer_is_revoked_unrun(lab, worker):
+    """send_offer(user, 1): runs while fresh; after waiting past 1 s in the queue it ends REVOKED, unrun"""
+    send_offer = helper(lab, "send_offer")
+    fresh = send_offer("ada", 5.0)
+    lab.wait(fresh)
+    expect(lab.timeline.state(fresh.id) == "SUCCESS", "A fresh offer (5 s validity, picked up at once) should run.",
+           expected="SUCCESS", observed=lab.timeline.describe(fresh.id),
+           hint="expires=valid_for counts from now; a past or zero expiry drops every offer.")  # fmt: skip
+    worker.pause_queue()  # the offer waits on the broker with no one reading the queue ...
+    try:
+        sent = time.time()
+        stale = send_offer("grace", 1.0)
+        expires = sent_field(lab, stale, "expires")
+        ends = datetime.fromisoformat(expires).timestamp() if expires else sent + 1.0
+        time.sleep(max(0.0, ends - time.time()) + 0.1)  # ... until its expiry: a clock wait, not a sync
+    finally:
+        worker.resume_queue()
+    lab.wait(stale)
+    revoked = lab.timeline.events("task-revoked", uuid=stale.id)
+    ran = lab.timeline.attempts(stale.id)
+    expect(not ran and revoked and revoked[0].get("expired"),
+           "An offer that waited past its validity must never run: the worker should revoke it as expired.",
+           expected="state REVOKED (task-revoked with expired=True), no attempt",
+           observed=f"{lab.timeline.describe(stale.id)}; expires on the message: {expires}",
+           hint="deliver_offer.apply_async((user_id,), expires=valid_for).")  # fmt: skip
+
+
+# -- beat_schedule: crontab entries, judged without waiting ----------------------------------------
+
+
+def entries_for(lab, task: str) -> list[tuple[str, Any]]:
+    """(key, schedule) of every beat_schedule entry that sends the learner's task ``task``."""
+    app = lab.module().app
+    name = lab.task_name(task)
+    return [(key, maybe_schedule(e.get("schedule"), app=app)) for key, e in (app.conf.beat_schedule or {}).items()
+            if isinstance(e, dict) and e.get("task") == name]  # fmt: skip
+
+
+def one_entry(lab, task: str, wanted: str) -> Any:
+    found = entries_for(lab, task)
+    schedule = lab.module().app.conf.beat_schedule or {}
+    listed = ", ".join(f"{k!r} -> task {e.get('task')!r}" for k, e in schedule.items() if isinstance(e, dict))
+    expect(len(found) == 1, f"app.conf.beat_schedule should have one entry that sends {task}.",
+           expected=f"{{'task': {lab.task_name(task)!r}, 'schedule': {wanted}}}",
+           observed=f"entries: {listed or 'none'}",
+           hint=f"'task' is the name the worker registered ({task}.name), not a label of your own.")  # fmt: skip
+    return found[0][1]
+
+
+def fire_times(lab, schedule: Any, start: datetime, days: int) -> list[datetime]:
+    """When beat would send ``schedule``'s task: ask ``is_due`` each minute with an injected clock."""
+    clock = copy.copy(schedule)
+    now = [start]
+    clock.nowfun, clock.app = (lambda: now[0]), lab.module().app
+    last, fired = start, []
+    while now[0] < start + timedelta(days=days):
+        if clock.is_due(last)[0]:
+            fired.append(now[0])
+            last = now[0]
+        now[0] += timedelta(minutes=1)
+    return fired
+
+
+def shown(times: list[datetime], limit: int = 6) -> str:
+    text = ", ".join(f"{DAYS[t.weekday()]} {t:%H:%M}" for t in times[:limit])
+    return (text + f", ... ({len(times)} in all)") if len(times) > limit else (text or "never")
+
+
+def check_fires(lab, task: str, wanted: str, expected: list[datetime], what: str, hint: str) -> None:
+    fired = fire_times(lab, one_entry(lab, task, wanted), WEEK_START, 7)
+    wrong = next((i for i, (a, b) in enumerate(zip(fired, expected, strict=False)) if a != b), None)
+    if wrong is None and len(fired) != len(expected):
+        wrong = min(len(fired), len(expected))
+    expect(wrong is None, what,
+           expected=f"from {shown(expected[wrong or 0:])}" if expected else "never",
+           observed=f"it fires at {shown(fired[wrong or 0:])} (UTC, in the week from Sun 31 May 2026 noon)",
+           hint=hint)  # fmt: skip
+
+
+@pytest.mark.points(1)
+@pytest.mark.deadline(15)
+def test_nightly_report_at_0100_utc(lab):
+    """The nightly_report entry fires once a day at 01:00 UTC, every day (checked over a week, no waiting)"""
+    days = [WEEK_START.replace(hour=1) + timedelta(days=d) for d in range(1, 8)]
+    check_fires(lab, "nightly_report", "crontab(...)", days,
+                "nightly_report should run every day at 01:00 UTC, once.",
+                hint="crontab(minute=0, hour=1) with app.conf.timezone = 'UTC'; crontab(hour=1) alone "
+                     "fires every minute from 01:00 to 01:59.")  # fmt: skip
+
+
+@pytest.mark.points(1)
+@pytest.mark.deadline(15)
+def test_inventory_sync_every_15_min_on_weekdays(lab):
+    """The sync_inventory entry fires at :00/:15/:30/:45, Monday to Friday only (checked over a week)"""
+    monday = WEEK_START.replace(hour=0) + timedelta(days=1)
+    quarters = [monday + timedelta(minutes=15 * q) for q in range(5 * 24 * 4)]
+    check_fires(lab, "sync_inventory", "crontab(...)", quarters,
+                "sync_inventory should run every 15 minutes on weekdays, never at the weekend.",
+                hint="crontab(minute='*/15', day_of_week='mon-fri'); minute=15 means once an hour, at :15.")  # fmt: skip
+
+
+# -- beat_schedule: the interval entry, on a real celery beat ---------------------------------------
+
+
+@pytest.mark.points(2)
+@pytest.mark.deadline(20)
+def test_beat_sends_health_check_every_2s(lab, worker):
+    """A real celery beat sends health_check to the worker at least twice, 2 s apart"""
+    one_entry(lab, "health_check", f"timedelta(seconds={INTERVAL:g})")
+    name = lab.task_name("health_check")
+    beat = lab.start_beat()
+
+    def starts(tl) -> list[float]:
+        return sorted(a.start for u in tl.task_ids(name) for a in tl.attempts(u))
+
+    try:
+        runs = lab.wait_until(lambda tl: s if len(s := starts(tl)) >= 2 else None,
+                              f"two runs of health_check sent by celery beat (every {INTERVAL:g} s)")  # fmt: skip
+    finally:
+        beat.stop()
+    gap = runs[1] - runs[0]
+    expect(abs(gap - INTERVAL) <= 0.5, "Beat should send health_check about every 2 s.",
+           expected=f"runs {INTERVAL:g} s apart", observed=f"two runs {gap:.2f} s apart",
+           hint="'schedule': timedelta(seconds=2) (or 2.0).")  # fmt: skip
