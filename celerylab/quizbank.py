@@ -167,6 +167,9 @@ def _semantic_errors(path: Path, data: dict[str, Any], check_links: bool) -> lis
             errors.append(f"{where}: answer {raw['answer']} is out of range for {n} choices")
         if len(set(raw.get("choices", ()))) != n:
             errors.append(f"{where}: duplicate choices")
+        short = [s for kp in raw.get("key_points", ()) for s in kp["any"] if len(normalize(s)) < 2]
+        if short:
+            errors.append(f"{where}: synonyms {short} match almost anything once normalized")
         if raw.get("min_points", 0) > len(raw.get("key_points", ())):
             errors.append(f"{where}: min_points exceeds the number of key points")
         links = {**data.get("links", {}), **raw.get("links", {})} if check_links else {}
