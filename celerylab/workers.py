@@ -155,7 +155,7 @@ class Worker(_Process):
             if pids and pid not in pids and len(pids) >= self.concurrency:
                 return pids
             if time.monotonic() > deadline:
-                raise WorkerError(f"pool process {pid} was not replaced within {timeout:.0f} s (pool: {pids})")
+                raise WorkerError(f"pool process {pid} was not replaced within {timeout:.0f} s: {pids}")
             time.sleep(0.1)
 
     def consuming(self, queue: str | None = None) -> bool:
@@ -175,15 +175,17 @@ class Worker(_Process):
 
     def _set_consuming(self, queue: str, on: bool, timeout: float) -> None:
         # Both commands only schedule the change in the worker (call_soon): their reply proves nothing.
+        control = self.control.control
+        where = {"destination": [self.hostname], "reply": True, "timeout": timeout}
         if on:
-            self.control.control.add_consumer(queue, exchange=queue, routing_key=queue, exchange_type="direct",
-                                              destination=[self.hostname], reply=True, timeout=timeout)  # fmt: skip
+            control.add_consumer(queue, exchange=queue, routing_key=queue, exchange_type="direct", **where)
         else:
-            self.control.control.cancel_consumer(queue, destination=[self.hostname], reply=True, timeout=timeout)
+            control.cancel_consumer(queue, **where)
         deadline = time.monotonic() + timeout
         while self.consuming(queue) != on:
             if time.monotonic() > deadline:
-                raise WorkerError(f"the worker did not {'resume' if on else 'pause'} {queue} within {timeout:.0f} s")
+                verb = "resume" if on else "pause"
+                raise WorkerError(f"the worker did not {verb} {queue} within {timeout:.0f} s")
 
     def busy(self) -> bool:
         """True if the worker holds any task: running, prefetched, or waiting for its ETA."""

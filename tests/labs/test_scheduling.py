@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -23,7 +23,7 @@ DELAY = 1.0  # the countdown/eta used here, in seconds
 EARLY = 0.05  # a start this much before its time is still on time (timer and event jitter)
 LATE = 1.5  # ... and this much after it
 INTERVAL = 2.0  # the contract's health_check period
-WEEK_START = datetime(2026, 5, 31, 12, 0, tzinfo=timezone.utc)  # a Sunday noon; June has DST in Europe
+WEEK_START = datetime(2026, 5, 31, 12, 0, tzinfo=UTC)  # a Sunday noon; June has DST in Europe
 DAYS = "Mon Tue Wed Thu Fri Sat Sun".split()
 
 
@@ -36,7 +36,8 @@ def helper(lab, name: str):
     """The learner's publishing function ``name`` from tasks.py (a failure that says so if missing)."""
     fn = getattr(lab.module(), name, None)
     expect(callable(fn), f"MISSING FUNCTION: tasks.py has no function `{name}`.",
-           expected=f"def {name}(...) as the README's contract says", hint="did you rename or delete it?")  # fmt: skip
+           expected=f"def {name}(...) as the README's contract says",
+           hint="did you rename or delete it?")  # fmt: skip
     return fn
 
 
@@ -70,7 +71,7 @@ def test_countdown_never_runs_early(lab, worker):
     sent = time.time()
     result = remind_later("ada", DELAY)
     check_on_time(lab, result, sent + DELAY, "remind_later(user, delay)'s reminder",
-                  hint="apply_async((user_id,), countdown=delay); .delay() sends it to run at once.")  # fmt: skip
+                  hint="apply_async((user_id,), countdown=delay); .delay() runs it at once.")  # fmt: skip
 
 
 @pytest.mark.points(1)
@@ -78,7 +79,7 @@ def test_countdown_never_runs_early(lab, worker):
 def test_eta_runs_at_the_given_moment(lab, worker):
     """remind_at(user, when): the reminder starts at `when` (an aware UTC datetime), not before"""
     remind_at = helper(lab, "remind_at")
-    when = datetime.now(timezone.utc) + timedelta(seconds=DELAY)
+    when = datetime.now(UTC) + timedelta(seconds=DELAY)
     result = remind_at("grace", when)
     check_on_time(lab, result, when.timestamp(), "remind_at(user, when)'s reminder",
                   hint="apply_async((user_id,), eta=when).")  # fmt: skip
@@ -89,14 +90,14 @@ def test_eta_runs_at_the_given_moment(lab, worker):
 def test_utc_in_is_timezone_aware(lab, worker):
     """utc_in(1) is an aware UTC datetime 1 s ahead, and it goes on the wire with its +00:00"""
     utc_in, remind_at = helper(lab, "utc_in"), helper(lab, "remind_at")
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     when = utc_in(DELAY)
     expect(isinstance(when, datetime), "utc_in(seconds) should return a datetime.", observed=repr(when))
     expect(when.tzinfo is not None and when.utcoffset() == timedelta(0),
            "utc_in(seconds) must be timezone-aware UTC. A naive datetime (datetime.utcnow() makes one) is "
            "read by Celery in app.conf.timezone, so it means another moment as soon as that is not UTC.",
            expected="tzinfo UTC (utcoffset 0)", observed=f"{when!r} (tzinfo {when.tzinfo})",
-           hint="datetime.now(timezone.utc) + timedelta(seconds=seconds); utcnow() is deprecated since "
+           hint="datetime.now(UTC) + timedelta(seconds=seconds); utcnow() is deprecated since "
                 "Python 3.12.")  # fmt: skip
     ahead = (when - now).total_seconds()
     expect(abs(ahead - DELAY) < 0.5, "utc_in(seconds) should be `seconds` from now.",
@@ -116,7 +117,8 @@ def test_expired_offer_is_revoked_unrun(lab, worker):
     send_offer = helper(lab, "send_offer")
     fresh = send_offer("ada", 5.0)
     lab.wait(fresh)
-    expect(lab.timeline.state(fresh.id) == "SUCCESS", "A fresh offer (5 s validity, picked up at once) should run.",
+    expect(lab.timeline.state(fresh.id) == "SUCCESS",
+           "A fresh offer (valid for 5 s, picked up at once) should run.",
            expected="SUCCESS", observed=lab.timeline.describe(fresh.id),
            hint="expires=valid_for counts from now; a past or zero expiry drops every offer.")  # fmt: skip
     worker.pause_queue()  # the offer waits on the broker with no one reading the queue ...
@@ -145,7 +147,8 @@ def entries_for(lab, task: str) -> list[tuple[str, Any]]:
     """(key, schedule) of every beat_schedule entry that sends the learner's task ``task``."""
     app = lab.module().app
     name = lab.task_name(task)
-    return [(key, maybe_schedule(e.get("schedule"), app=app)) for key, e in (app.conf.beat_schedule or {}).items()
+    entries = (app.conf.beat_schedule or {}).items()
+    return [(key, maybe_schedule(e.get("schedule"), app=app)) for key, e in entries
             if isinstance(e, dict) and e.get("task") == name]  # fmt: skip
 
 
@@ -156,7 +159,7 @@ def one_entry(lab, task: str, wanted: str) -> Any:
     expect(len(found) == 1, f"app.conf.beat_schedule should have one entry that sends {task}.",
            expected=f"{{'task': {lab.task_name(task)!r}, 'schedule': {wanted}}}",
            observed=f"entries: {listed or 'none'}",
-           hint=f"'task' is the name the worker registered ({task}.name), not a label of your own.")  # fmt: skip
+           hint=f"'task' is the name the worker registered ({task}.name), not a label.")  # fmt: skip
     return found[0][1]
 
 
@@ -209,7 +212,7 @@ def test_inventory_sync_every_15_min_on_weekdays(lab):
     quarters = [monday + timedelta(minutes=15 * q) for q in range(5 * 24 * 4)]
     check_fires(lab, "sync_inventory", "crontab(...)", quarters,
                 "sync_inventory should run every 15 minutes on weekdays, never at the weekend.",
-                hint="crontab(minute='*/15', day_of_week='mon-fri'); minute=15 means once an hour, at :15.")  # fmt: skip
+                hint="crontab(minute='*/15', day_of_week='mon-fri'); minute=15 is hourly at :15.")
 
 
 # -- beat_schedule: the interval entry, on a real celery beat ---------------------------------------
@@ -228,7 +231,7 @@ def test_beat_sends_health_check_every_2s(lab, worker):
 
     try:
         runs = lab.wait_until(lambda tl: s if len(s := starts(tl)) >= 2 else None,
-                              f"two runs of health_check sent by celery beat (every {INTERVAL:g} s)")  # fmt: skip
+                              f"two runs of health_check sent by beat (every {INTERVAL:g} s)")
     finally:
         beat.stop()
     gap = runs[1] - runs[0]
