@@ -1,0 +1,83 @@
+"""Shared fixtures for the kit's own tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from celerylab.paths import kit_root
+
+ROOT = kit_root()
+
+
+MARK = "CELERYLAB_TEST_MARK"
+
+
+def kit_processes(mark: str | None = None) -> set[int]:
+    """Pids of celery workers/beat and valkey servers; with ``mark``, only those that inherited it.
+
+    Other gradings may run on the same machine at the same time, so a test asks only about the processes
+    started under its own mark (an environment variable every child inherits, even once reparented).
+    """
+    out = subprocess.run(["ps", "-ww", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    pids = set()
+    for line in out.splitlines():
+        pid, _, args = line.strip().partition(" ")
+        if ("celery" in args and ("worker" in args or "beat" in args) and "-A" in args) or "valkey-server" in args:
+            if mark is None or _has_mark(int(pid), mark):
+                pids.add(int(pid))
+    return pids
+
+
+def _has_mark(pid: int, mark: str) -> bool:
+    try:
+        return f"{MARK}={mark}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return False
+
+
+def children_of(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def process_name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def is_gone(pid: int) -> bool:
+    """Dead, or a zombie waiting for init to reap it (its parent, the worker, was killed first)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+
+
+@pytest.fixture
+def no_orphans(monkeypatch) -> str:
+    """Fails the test if a kit process started during it (here or in a subprocess) is still alive after."""
+    mark = uuid.uuid4().hex
+    monkeypatch.setenv(MARK, mark)
+    yield mark
+    left = kit_processes(mark)
+    assert not left, f"processes left behind: {left}"
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    """A private state folder (progress, reports, logs) for one test."""
+    monkeypatch.setenv("CELERYLAB_HOME", str(tmp_path / "state"))
+    return tmp_path / "state"
+
+
+def run_celerylab(*args: str, env: dict | None = None, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "celerylab.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})}, **kw)  # fmt: skip
