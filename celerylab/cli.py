@@ -98,6 +98,9 @@ def cmd_grade(args: argparse.Namespace) -> int:
     from celerylab.results import GradeReport
 
     lab = labs.find(args.lab)
+    if args.broker not in (None, "auto", "embedded"):
+        with brokers.open_broker(args.broker):  # fail fast, once, rather than once per test
+            pass
     target = "solutions" if args.solutions else (str(Path(args.target).resolve()) if args.target else "labs")
     report_dir = Path(args.report_dir) if args.report_dir else state_dir() / "reports"
     report_path = report_dir / f"{lab.name}.json"

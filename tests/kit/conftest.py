@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -35,8 +36,12 @@ def kit_processes(mark: str | None = None) -> set[int]:
 
 
 def _has_mark(pid: int, mark: str) -> bool:
+    """Workers inherit the mark in their environment; valkey rewrites its environ block (proctitle), so
+    it is recognised by its working folder, which the mark's temp folder holds."""
     try:
-        return f"{MARK}={mark}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        if f"{MARK}={mark}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+            return True
+        return f"/{mark}/" in os.readlink(f"/proc/{pid}/cwd") + "/"
     except OSError:
         return False
 
@@ -62,10 +67,14 @@ def is_gone(pid: int) -> bool:
 
 
 @pytest.fixture
-def no_orphans(monkeypatch) -> str:
+def no_orphans(monkeypatch, tmp_path_factory) -> str:
     """Fails the test if a kit process started during it (here or in a subprocess) is still alive after."""
     mark = uuid.uuid4().hex
+    temp = tmp_path_factory.getbasetemp() / mark
+    temp.mkdir()
     monkeypatch.setenv(MARK, mark)
+    monkeypatch.setenv("TMPDIR", str(temp))
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
     yield mark
     left = kit_processes(mark)
     assert not left, f"processes left behind: {left}"

@@ -1,0 +1,53 @@
+"""Every lab, graded for real through the CLI: the solution earns full marks, the skeleton under half.
+
+The default run grades on the default broker (local Redis here); `pytest -m slow` grades every solution
+on the embedded Valkey and on RabbitMQ too.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from celerylab import labs
+from tests.kit.conftest import run_celerylab
+
+LABS = [lab.name for lab in labs.catalogue()]
+
+
+def grade(lab: str, tmp_path, *options: str) -> tuple[int, dict, str]:
+    done = run_celerylab("grade", lab, "--report-dir", str(tmp_path), *options, timeout=600)
+    report_file = tmp_path / f"{lab}.json"
+    assert report_file.exists(), f"no report; output:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done.returncode, json.loads(report_file.read_text()), done.stdout
+
+
+def failures(report: dict) -> str:
+    return "\n".join(f"{t['title']}: {t['message']}\n{t['log'][-1500:]}" for t in report["tests"] if t["status"] != "pass")
+
+
+@pytest.mark.parametrize("lab", LABS)
+def test_solution_gets_full_marks(lab, tmp_path, home, no_orphans):
+    code, report, out = grade(lab, tmp_path, "--solutions")
+    assert report["score"] == report["max_score"] > 0, failures(report)
+    assert code == 0 and "full marks" in out
+
+
+@pytest.mark.parametrize("lab", LABS)
+def test_untouched_skeleton_scores_under_half_and_explains(lab, tmp_path, home, no_orphans):
+    code, report, out = grade(lab, tmp_path)
+    assert code == 1
+    assert report["score"] < report["max_score"] / 2, f"the skeleton scored {report['score']}/{report['max_score']}"
+    failed = [t for t in report["tests"] if t["status"] == "fail"]
+    assert failed and all(t["message"].strip() for t in failed)
+    assert "Traceback (most recent call last)" not in out, "verdicts, not stack trace walls"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("broker", ["embedded", "rabbitmq"])
+@pytest.mark.parametrize("lab", LABS)
+def test_solution_gets_full_marks_on_every_broker(lab, broker, tmp_path, home, no_orphans):
+    code, report, _ = grade(lab, tmp_path, "--solutions", "--broker", broker)
+    assert report["score"] == report["max_score"] > 0, failures(report)
+    assert code == 0
