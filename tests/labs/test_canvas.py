@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import pytest
 from celery.canvas import Signature
-from celery.result import AsyncResult
 from celery.exceptions import ChordError
+from celery.result import AsyncResult
 
 from celerylab.session import LabFailure, expect, verdict
 from celerylab.timeline import FINAL
@@ -24,6 +24,7 @@ PAGES = 4
 LATENCY = 0.15  # page n of 4 answers after (5 - n) * 0.15 s: the first page is the slowest
 BIG_CHORD, BIG_CHORD_BOUND = 100, 20.0  # the README states this bound
 HEADER = "fetch_page"
+NEWLINE = "\\n"  # as it appears inside an exception's repr
 _prefixes = itertools.count(1)
 
 
@@ -85,7 +86,7 @@ def worker(lab):
 
 
 def launch(lab, site: Site):
-    """Apply the learner's workflow the way the README says: ``build_report(base_url, pages).apply_async()``."""
+    """Apply the learner's workflow as the README says: ``build_report(base_url, pages).apply_async()``."""
     module = lab.module()
     build = getattr(module, "build_report", None)
     expect(callable(build), "MISSING FUNCTION: tasks.py has no function `build_report`.",
@@ -94,9 +95,10 @@ def launch(lab, site: Site):
     try:
         workflow = build(site.base, site.pages)
     except Exception as exc:
-        raise LabFailure(verdict(f"build_report({site.base!r}, {site.pages}) raised {type(exc).__name__}: {exc}",
-                                 hint="build_report only builds signatures; it must not call or wait for tasks.")) from None
-    expect(isinstance(workflow, Signature), "build_report must return the workflow as a signature, unapplied.",
+        call = f"build_report({site.base!r}, {site.pages})"
+        raise LabFailure(verdict(f"{call} raised {type(exc).__name__}: {exc}",
+                                 hint="build_report only builds signatures; fix the error.")) from None
+    expect(isinstance(workflow, Signature), "build_report must return the workflow as a signature, unsent.",
            expected="a Signature (a chain whose first step is a chord)", observed=repr(workflow)[:200],
            hint="return the canvas; the grader calls .apply_async() on it.")  # fmt: skip
     return workflow.apply_async()
@@ -114,8 +116,8 @@ def settle(lab, final) -> None:
     try:
         lab.timeline.wait_for(done, lab.remaining(), "end of the workflow")
     except AssertionError:
-        raise LabFailure(verdict(f"The workflow did not finish within the test's {lab.deadline_seconds:.0f} s.",
-                                 observed="\n" + lab.timeline.table())) from None
+        what = f"The workflow did not finish within the test's {lab.deadline_seconds:.0f} s."
+        raise LabFailure(verdict(what, observed="\n" + lab.timeline.table())) from None
 
 
 def attempts(lab, name: str) -> list:
@@ -123,14 +125,32 @@ def attempts(lab, name: str) -> list:
 
 
 def failures(lab) -> list[str]:
-    return [f"{a.name.rsplit('.', 1)[-1]}: {a.exception}" for u in lab.timeline.task_ids()
-            for a in lab.timeline.attempts(u) if a.outcome == "failure"]  # fmt: skip
+    """``name: exception`` of every failed task (from its task-failed event: it also covers errors raised
+    after the body, e.g. when the next step of a chain cannot be sent)."""
+    out = []
+    for event in lab.timeline.events("task-failed"):
+        name = lab.timeline.names().get(event.uuid, "?").rsplit(".", 1)[-1]
+        out.append(f"{name}: {str(event.get('exception') or '?').split(NEWLINE)[0]}")
+    return out
+
+
+def require_header(lab, site: Site) -> list:
+    """The fetch_page attempts, one per page; else a verdict that says what ran instead."""
+    tries = attempts(lab, HEADER)
+    requested = sorted(int(r.path.rsplit("/", 1)[1]) for r in site.page_hits())
+    expect(len(tries) == site.pages and requested == list(range(1, site.pages + 1)),
+           f"Each of the {site.pages} pages should be fetched by its own fetch_page task, once.",
+           expected=f"{site.pages} fetch_page attempts; pages requested: 1 .. {site.pages}",
+           observed=f"{len(tries)} fetch_page attempt(s); pages requested: {requested[:10]}"
+           + ("..." if len(requested) > 10 else "") + f"\n{lab.timeline.table()}"[:1500],
+           hint=blocked_hint(lab))  # fmt: skip
+    return tries
 
 
 def blocked_hint(lab) -> str:
     if any("Never call result.get()" in f for f in failures(lab)):
-        return "a task called .get() on another task's result; let a chord hand the results to the callback."
-    return "build_report should return chord(group(fetch_page.s(url) ...), merge.s()) | publish.s(...) | ..."
+        return "a task called .get() on another task's result; let a chord hand the results to its callback."
+    return "build_report should return chord(group(fetch_page.s(url), ...), merge.s()) | publish.s(...) | ..."
 
 
 def run_ok(lab, http_stub, pages: int = PAGES) -> tuple[Site, object]:
@@ -145,20 +165,15 @@ def run_ok(lab, http_stub, pages: int = PAGES) -> tuple[Site, object]:
 def test_pages_are_fetched_in_parallel(lab, worker, http_stub):
     """The header: one fetch_page per page, overlapping in time on two or more worker processes"""
     site, _ = run_ok(lab, http_stub)
-    tries = attempts(lab, HEADER)
-    requested = sorted(int(r.path.rsplit("/", 1)[1]) for r in site.page_hits())
-    expect(len(tries) == PAGES and requested == list(range(1, PAGES + 1)),
-           f"Each of the {PAGES} pages should be fetched by its own fetch_page task, once.",
-           expected=f"{PAGES} fetch_page attempts; pages requested: {list(range(1, PAGES + 1))}",
-           observed=f"{len(tries)} fetch_page attempt(s); pages requested: {requested}\n{lab.timeline.table()}",
-           hint=blocked_hint(lab))  # fmt: skip
-    overlapping = [(a, b) for a, b in itertools.combinations(tries, 2) if (a.hostname, a.pid) != (b.hostname, b.pid)
-                   and a.end is not None and b.end is not None and a.start < b.end and b.start < a.end]  # fmt: skip
+    tries = require_header(lab, site)
+    overlapping = [(a, b) for a, b in itertools.combinations(tries, 2)
+                   if (a.hostname, a.pid) != (b.hostname, b.pid) and a.end is not None and b.end is not None
+                   and a.start < b.end and b.start < a.end]  # fmt: skip
     processes = {(a.hostname, a.pid) for a in tries}
     expect(overlapping, "The pages should be fetched at the same time, by different worker processes.",
            expected="at least two fetch_page attempts on different processes overlapping in time",
            observed=f"{len(processes)} process(es), no overlap:\n{lab.timeline.table()}",
-           hint="a group sends every fetch at once; a chain of fetches runs them one after another.")  # fmt: skip
+           hint="a group sends every fetch at once; a chain of fetches runs them one by one.")  # fmt: skip
 
 
 @pytest.mark.points(2)
@@ -166,16 +181,16 @@ def test_pages_are_fetched_in_parallel(lab, worker, http_stub):
 def test_merge_waits_for_every_page_and_gets_them_in_order(lab, worker, http_stub):
     """The chord callback: merge runs once, after the last page, with every page in header order"""
     site, _ = run_ok(lab, http_stub)
+    require_header(lab, site)
     merges = attempts(lab, "merge")
     expect(len(merges) == 1 and merges[0].outcome == "success", "merge should run exactly once, and succeed.",
-           expected="1 successful merge attempt", observed=f"{len(merges)} merge attempt(s):\n{lab.timeline.table()}",
+           expected="1 successful merge attempt",
+           observed=f"{len(merges)} merge attempt(s):\n{lab.timeline.table()}",
            hint=blocked_hint(lab))  # fmt: skip
-    hits = site.page_hits()
-    expect(len(hits) == PAGES, "Every page should have been requested once before merging.",
-           observed=f"{len(hits)} page request(s)")  # fmt: skip
     early = site.last_reply() - merges[0].start
     expect(early <= 0, "merge must start only after every page has been fetched.",
-           expected="merge starts after the last page's reply", observed=f"merge started {early:.2f} s before it",
+           expected="merge starts after the last page's reply",
+           observed=f"merge started {early:.2f} s before it",
            hint="a chord's callback runs when its whole header is done.")  # fmt: skip
     value = lab.app.AsyncResult(merges[0].uuid).get(timeout=lab.remaining())
     expect(value == site.report(), "merge should get every page's result, in the order of the header.",
@@ -189,12 +204,13 @@ def test_merge_waits_for_every_page_and_gets_them_in_order(lab, worker, http_stu
 def test_publish_gets_the_merged_report(lab, worker, http_stub):
     """The chain: publish receives merge's result and posts it, once"""
     site, _ = run_ok(lab, http_stub)
+    require_header(lab, site)
     posted = http_stub.hits(site.path("reports"))
     bodies = [r.json() for r in posted]
-    expect(bodies == [site.report()], "publish should get merge's report as its first argument and POST it once.",
+    expect(bodies == [site.report()], "publish should get merge's report as first argument and POST it once.",
            expected=f"one POST {site.path('reports')} with {site.report()!r}",
            observed=f"{len(bodies)} POST(s): {bodies!r}"[:400] + f"\n{lab.timeline.table()}",
-           hint="chain the steps with `|`: each signature gets the previous step's result prepended.")  # fmt: skip
+           hint="chain the steps with `|`: each signature gets the previous result prepended.")  # fmt: skip
     merges, publishes = attempts(lab, "merge"), attempts(lab, "publish")
     expect(len(publishes) == 1 and len(merges) == 1 and publishes[0].start > merges[0].start,
            "publish should run once, after merge.", observed=lab.timeline.table())  # fmt: skip
@@ -205,17 +221,20 @@ def test_publish_gets_the_merged_report(lab, worker, http_stub):
 def test_announce_is_immutable_and_last(lab, worker, http_stub):
     """The last step: announce(base_url) gets no previous result, runs after publish, ends the workflow"""
     site, final = run_ok(lab, http_stub)
-    received = [e for e in lab.timeline.events("task-received") if (e.get("name") or "").endswith(".announce")]
+    received = [e for e in lab.timeline.events("task-received")
+                if (e.get("name") or "").endswith(".announce")]  # fmt: skip
     args = [e.get("args") for e in received]
     expect(args == [repr([site.base])] or args == [repr((site.base,))],
            "announce takes only base_url: the report must not be passed to it.",
-           expected=f"announce received args [{site.base!r}]", observed=f"announce received: {args or 'never ran'}"
+           expected=f"announce received args [{site.base!r}]",
+           observed=f"announce received: {args or 'never ran'}"
            + (f"\nfailures: {failures(lab)}" if failures(lab) else ""),
            hint="announce.si(base_url) is an immutable signature; announce.s(base_url) gets publish's result "
                 "prepended.")  # fmt: skip
     announced, reports = http_stub.hits(site.path("announce")), http_stub.hits(site.path("reports"))
     announces = attempts(lab, "announce")
-    expect(len(announced) == 1 and len(announces) == 1 and reports and announces[0].start >= reports[0].time,
+    expect(len(announced) == 1 and len(announces) == 1 and reports
+           and announces[0].start >= reports[0].time,
            "announce should run once, after publish has posted the report.",
            observed=f"{len(announced)} announcement(s)\n{lab.timeline.table()}")  # fmt: skip
     expect(final.id == announces[0].uuid, "The workflow's result should be its last step, announce.",
@@ -230,13 +249,15 @@ def test_failing_page_fails_the_chord_and_alerts_once(lab, worker, http_stub):
     site = make_site(http_stub, failing=(2,))
     final = launch(lab, site)
     settle(lab, final)
+    require_header(lab, site)
     states = {lab.timeline.state(u) for u in lab.timeline.task_ids(HEADER)}
     expect("FAILURE" in states, "fetch_page of a page that answers 500 should fail.",
            observed=lab.timeline.table(), hint="keep raise_for_status() in fetch_page.")  # fmt: skip
     ran = [n for n in ("merge", "publish", "announce") if attempts(lab, n)]
     published = http_stub.hits(site.path("reports")) + http_stub.hits(site.path("announce"))
     expect(not ran and not published, "When a page fails, nothing after the chord's header may run.",
-           expected="no merge, publish or announce", observed=f"ran: {ran}; {len(published)} POST(s)")  # fmt: skip
+           expected="no merge, publish or announce",
+           observed=f"ran: {ran}; {len(published)} POST(s)")  # fmt: skip
     chain = []
     node = final
     while node is not None and len(chain) < 10:  # announce -> publish -> merge (-> the header's GroupResult)
@@ -260,7 +281,8 @@ def test_failing_page_fails_the_chord_and_alerts_once(lab, worker, http_stub):
     error = str((alerts[0] or {}).get("error", "")) if isinstance(alerts[0], dict) else ""
     expect("ChordError" in error, "alert should report the chord's error.",
            expected='{"task": ..., "error": "ChordError(...)"}', observed=repr(alerts[0])[:300],
-           hint="POST {'task': request.id, 'error': repr(exc)} from alert(request, exc, traceback, base_url).")  # fmt: skip
+           hint="from alert(request, exc, traceback, base_url), POST "
+                "{'task': request.id, 'error': repr(exc)}.")  # fmt: skip
 
 
 @pytest.mark.points(1)
@@ -277,12 +299,11 @@ def test_no_task_waits_for_another(lab, worker, http_stub):
     expect(hits, "No page was fetched.", observed=lab.timeline.table(), hint=blocked_hint(lab))
     first = min(r.time for r in hits)
     waiting = [a for u in lab.timeline.task_ids() for a in lab.timeline.attempts(u)
-               if not a.name.endswith(f".{HEADER}") and a.start < first and (a.end or time.time()) > site.last_reply()]  # fmt: skip
+               if not a.name.endswith(f".{HEADER}") and a.start < first
+               and (a.end or time.time()) > site.last_reply()]  # fmt: skip
     expect(not waiting, "A task was running for as long as the pages were fetched: it waited for them.",
            observed=", ".join(f"{a.name.rsplit('.', 1)[-1]} on process {a.pid}" for a in waiting),
            hint="a chord passes the results to its callback; no task should wait on another.")  # fmt: skip
-    expect(lab.timeline.state(final.id) == "SUCCESS", "The whole workflow should succeed.",
-           observed=lab.timeline.table())  # fmt: skip
 
 
 @pytest.mark.points(1)
@@ -297,7 +318,9 @@ def test_chord_of_100_pages(lab, worker, http_stub):
     posted = [r.json() for r in http_stub.hits(site.path("reports"))]
     expect(posted == [site.report()], f"A chord of {BIG_CHORD} pages should merge them all, in order.",
            expected=f"one report with titles Page 1 .. Page {BIG_CHORD}",
-           observed=f"{len(posted)} report(s); {len(site.page_hits())} page request(s); failures: {failures(lab)[:3]}",
+           observed=f"{len(posted)} report(s); {len(site.page_hits())} page request(s); "
+                    f"failures: {failures(lab)[:3]}",
            hint=blocked_hint(lab))  # fmt: skip
-    expect(took <= BIG_CHORD_BOUND, f"A chord of {BIG_CHORD} pages should be published within {BIG_CHORD_BOUND:g} s.",
+    expect(took <= BIG_CHORD_BOUND,
+           f"A chord of {BIG_CHORD} pages should be published within {BIG_CHORD_BOUND:g} s.",
            observed=f"it took {took:.1f} s")  # fmt: skip
