@@ -65,6 +65,19 @@ class Namespace:
             conf["result_backend_transport_options"] = dict(prefix)
         return conf
 
+    def redelivery_settings(self, visibility_timeout: float = 3) -> dict[str, Any]:
+        """Worker settings under which a killed worker's unacked messages come back within seconds.
+
+        Redis only sweeps them back after ``visibility_timeout`` (1 h by default), every 10 x 10 s (see
+        FACTS); a worker's ``settings`` replace the kit's, so the namespace's key prefix is kept here.
+        RabbitMQ redelivers when the dead consumer's channel closes: nothing to set there.
+        """
+        if not self.broker.is_redis:
+            return {}
+        fast = {"visibility_timeout": visibility_timeout, "unacked_restore_interval": 1,
+                "unacked_restore_throttle": 1}  # fmt: skip
+        return {"broker_transport_options": {**self.config()["broker_transport_options"], **fast}}
+
     def app(self, main: str = "celerylab") -> Celery:
         """A bare app on this namespace: for sending by task name, remote control and events."""
         app = Celery(main, set_as_current=False)

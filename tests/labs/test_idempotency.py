@@ -22,7 +22,6 @@ COPIES = 8  # the same key sent at once in the concurrency test
 HOLD_MAX = 10.0  # a held gateway reply is released after this at the latest
 RELEASE_AFTER = 3.0  # the longest the concurrency test holds the first charge while copies pile up
 REDELIVERY_WAIT = 12.0  # Redis: visibility_timeout 2 s + a 1 s restore sweep + a fresh worker's start
-REDELIVERY = {"visibility_timeout": 2, "unacked_restore_interval": 1, "unacked_restore_throttle": 1}
 
 
 class Gateway:
@@ -267,10 +266,7 @@ def test_failure_before_charging_frees_the_key(lab, workers, gateway):
 @pytest.mark.deadline(40)
 def test_worker_killed_mid_charge_charges_once(lab, workers, gateway):
     """Worker killed after the gateway charged, before the ack: redelivered, 1 charge, first receipt"""
-    settings = {"gateway_url": gateway.base_url}
-    if lab.broker.is_redis:  # worker settings replace the kit's: keep its key prefix, add a fast sweep
-        transport = lab.ns.config().get("broker_transport_options", {})
-        settings["broker_transport_options"] = {**transport, **REDELIVERY}
+    settings = {"gateway_url": gateway.base_url, **lab.ns.redelivery_settings(visibility_timeout=2)}
     queue = lab.ns.queue_name("crash")  # only the workers of this test take it
     doomed = lab.start_worker("crash", concurrency=1, queues=[queue], settings=settings)
     key = new_key()
