@@ -114,14 +114,22 @@ def _question(topic: str, raw: dict[str, Any], defaults: dict[str, Any]) -> Ques
     kps = tuple(KeyPoint(kp["point"], tuple(kp["any"])) for kp in raw.get("key_points", ()))
     default_min = len(kps) if raw["kind"] == "short" else max(1, -(-2 * len(kps) // 3))
     return Question(
-        id=raw["id"], topic=topic, section=raw["section"], difficulty=raw["difficulty"], kind=raw["kind"],
-        prompt=raw["prompt"].strip(), explanation=raw["explanation"].strip(),
+        id=raw["id"],
+        topic=topic,
+        section=raw["section"],
+        difficulty=raw["difficulty"],
+        kind=raw["kind"],
+        prompt=raw["prompt"].strip(),
+        explanation=raw["explanation"].strip(),
         code=raw["code"].rstrip() if raw.get("code") else None,
-        choices=tuple(c.strip() for c in raw.get("choices", ())), answer=raw.get("answer"),
-        key_points=kps, min_points=raw.get("min_points", default_min or 1),
+        choices=tuple(c.strip() for c in raw.get("choices", ())),
+        answer=raw.get("answer"),
+        key_points=kps,
+        min_points=raw.get("min_points", default_min or 1),
         model_answer=raw["model_answer"].strip() if raw.get("model_answer") else None,
         links={"cheatsheet": raw["section"], **defaults, **raw.get("links", {})},
-        proof=raw.get("proof"), teaches=raw.get("teaches"),
+        proof=raw.get("proof"),
+        teaches=raw.get("teaches"),
     )
 
 
@@ -160,7 +168,7 @@ def _semantic_errors(path: Path, data: dict[str, Any], check_links: bool) -> lis
             errors.append(f"{where}: duplicate id")
         seen.add(qid)
         if raw["section"] not in data["sections"]:
-            errors.append(f"{where}: section {raw['section']} is not in the file's sections {data['sections']}")
+            errors.append(f"{where}: section {raw['section']} is not one of the file's {data['sections']}")
         n = len(raw.get("choices", ()))
         answers = raw["answer"] if isinstance(raw.get("answer"), list) else [raw.get("answer")]
         if n and any(not isinstance(a, int) or a >= n for a in answers):

@@ -47,8 +47,13 @@ def nap(seconds, label):
     return label
 
 
-@app.task(bind=True, autoretry_for=(TimeoutError, ConnectionError), retry_backoff=2, retry_jitter=True,
-          max_retries=6)
+@app.task(
+    bind=True,
+    autoretry_for=(TimeoutError, ConnectionError),
+    retry_backoff=2,
+    retry_jitter=True,
+    max_retries=6,
+)
 def call_api(self, url):
     resp = httpx.get(url, timeout=5)
     resp.raise_for_status()
@@ -65,7 +70,7 @@ def flaky(self):
     try:
         raise ValueError("still down")
     except ValueError as exc:
-        raise self.retry(exc=exc)
+        raise self.retry(exc=exc)  # noqa: B904 - the idiom the question shows
 
 
 @app.task(soft_time_limit=1, time_limit=10)
