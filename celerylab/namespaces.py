@@ -78,6 +78,12 @@ class Namespace:
                 "unacked_restore_throttle": 1}  # fmt: skip
         return {"broker_transport_options": {**self.config()["broker_transport_options"], **fast}}
 
+    def queue_depth(self, queue: str | None = None) -> int:
+        """Messages waiting on the broker in ``queue`` (default: the namespace's), not yet delivered to a
+        worker: a passive declare, so it works alike on Redis (prefix included) and RabbitMQ."""
+        with self.app("depth").connection_for_write() as conn:
+            return conn.default_channel.queue_declare(queue or self.queue, passive=True).message_count
+
     def app(self, main: str = "celerylab") -> Celery:
         """A bare app on this namespace: for sending by task name, remote control and events."""
         app = Celery(main, set_as_current=False)
