@@ -9,6 +9,7 @@ by remote control (the pool's pids).
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass
 
 import pytest
@@ -58,6 +59,11 @@ class Crash:
     report: AsyncResult
     sms: AsyncResult
     crashed: str  # hostname of the killed worker
+    killed_at: float  # time.monotonic() of the kill
+
+    def left(self) -> float:
+        """What remains of the redelivery bound: both crash tests wait against the same clock."""
+        return max(0.1, self.killed_at + REDELIVERY_BOUND - time.monotonic())
 
     @property
     def tl(self) -> Timeline:
@@ -79,8 +85,9 @@ def crash(lab_session: LabSession):
     sms = run.send("send_sms", "+15550100", CRASH_SECONDS, queue=queue)
     run.wait_until(lambda tl: started(tl, report.id) and started(tl, sms.id), "both tasks to start", 15.0)
     worker.kill()
+    killed_at = time.monotonic()
     run.start_worker("rescue", concurrency=2, queues=[queue], settings=settings)
-    yield Crash(run, report, sms, worker.hostname)
+    yield Crash(run, report, sms, worker.hostname, killed_at)
     if lab_session.broker.is_amqp:  # the queue's own exchange (the namespace removes the queue)
         with contextlib.suppress(Exception), lab_session.app.connection_for_write() as conn:
             conn.default_channel.exchange_delete(queue)
@@ -92,7 +99,7 @@ def test_late_ack_task_survives_a_worker_crash(lab, crash):
     """Worker SIGKILLed mid-task: render_report comes back on a fresh worker and completes"""
     tl = crash.tl
     try:
-        crash.run.wait(crash.report, REDELIVERY_BOUND)
+        crash.run.wait(crash.report, crash.left())
     except LabFailure:
         pass  # judged below, with what was seen
     tries = tl.attempts(crash.report.id)
@@ -121,7 +128,7 @@ def test_early_ack_task_is_not_redelivered(lab, crash):
         return len(t.attempts(crash.sms.id)) > 1
 
     with contextlib.suppress(LabFailure):  # the sweep that brings the report back would bring a late sms too
-        crash.run.wait_until(lambda t: report_back(t) or sms_again(t), "a redelivery", REDELIVERY_BOUND)
+        crash.run.wait_until(lambda t: report_back(t) or sms_again(t), "a redelivery", crash.left())
     with contextlib.suppress(LabFailure):
         crash.run.wait_until(sms_again, "send_sms to come back", LATE_MARGIN)
     expect(not sms_again(tl),
@@ -160,7 +167,7 @@ def test_late_ack_task_requeued_when_its_process_dies(lab, worker):
            "When only the pool process running render_report dies (OOM killer, segfault), the worker's main "
            "process sees WorkerLostError; the task must run again, not fail.",
            expected=f"attempt 1 in pid {pid} (killed), attempt 2 in another pool process, then SUCCESS",
-           observed=summary(tl, result.id),
+           observed=f"{summary(tl, result.id)}; {error_of(result) or 'no error'}",
            hint="with acks_late alone Celery acknowledges the message and marks the task FAILED "
                 "(WorkerLostError); reject_on_worker_lost=True requeues it instead.")  # fmt: skip
 
@@ -197,10 +204,9 @@ def test_soft_limit_runs_the_cleanup(lab, worker, http_stub):
     first = tries[0] if tries else None
     error = (first.exception or "") if first else ""
     ran = f"; it ran {first.duration:.1f} s" if first and first.duration else ""
-    expect(first is not None and "SoftTimeLimitExceeded" in error and first.duration is not None
-           and first.duration <= SOFT + LIMIT_SLACK,
+    expect(first is not None and first.duration is not None and first.duration <= SOFT + LIMIT_SLACK,
            "export_csv must be interrupted by a 1 s soft time limit.",
-           expected=f"the attempt ends with SoftTimeLimitExceeded after ~{SOFT:g} s",
+           expected=f"the attempt ends after ~{SOFT:g} s (SoftTimeLimitExceeded raised inside it)",
            observed=summary(tl, result.id) + ran,
            hint="soft_time_limit=1 on the task. The cheat sheet is wrong: the exception is "
                 "celery.exceptions.SoftTimeLimitExceeded, not TimeoutError.")  # fmt: skip
@@ -213,9 +219,9 @@ def test_soft_limit_runs_the_cleanup(lab, worker, http_stub):
            observed=f"{len(hits)} request(s)" + (f", body {body!r}" if hits else ""),
            hint="wrap the loop in try/except SoftTimeLimitExceeded and httpx.post(cleanup_url, "
                 "json={'written': written}, timeout=1.0) in the except block.")  # fmt: skip
-    expect(tl.state(result.id) == "FAILURE",
+    expect(tl.state(result.id) == "FAILURE" and "SoftTimeLimitExceeded" in error,
            "After cleaning up, export_csv must still fail: the export did not happen.",
-           expected="FAILURE (SoftTimeLimitExceeded)", observed=summary(tl, result.id),
+           expected="FAILURE with SoftTimeLimitExceeded", observed=summary(tl, result.id),
            hint="re-raise in the except block (a bare `raise`).")  # fmt: skip
     hard = lab.task_options("export_csv").get("time_limit")
     expect(isinstance(hard, int | float) and SOFT < hard <= HARD + 1,
