@@ -13,6 +13,8 @@ higher is mastered: answered right at least twice in a row.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import random
 import re
@@ -23,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from jsonschema import Draft202012Validator
 
-from celerylab.paths import kit_root
+from celerylab.paths import kit_root, state_dir
 
+CACHE_VERSION = 1  # bump when validation rules change, so cached verdicts are redone
 MAX_BOX = 5
 MASTERED_BOX = 3
 SECTIONS = range(0, 18)  # 0 = the interview answer template, 1-17 = cheat-sheet sections
@@ -134,18 +136,27 @@ def _question(topic: str, raw: dict[str, Any], defaults: dict[str, Any]) -> Ques
 
 
 @cache
-def _validator() -> Draft202012Validator:
+def _validator() -> Any:
+    # Imported here, not at the top: with jsonschema's optional format checkers installed (jupyter pulls in
+    # rfc3987-syntax) `import jsonschema` takes seconds, and a quiz whose bank was already validated
+    # never needs it (see load_bank).
+    from jsonschema import Draft202012Validator
+
     schema = json.loads((quiz_dir() / "schema.json").read_text())
     Draft202012Validator.check_schema(schema)
     return Draft202012Validator(schema)
 
 
-def _read(path: Path) -> tuple[dict[str, Any] | None, list[str]]:
-    """Parse and schema-check one file: (data, errors); data is None if unusable."""
+def _parse(text: str) -> Any:
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+
+
+def _check(path: Path, text: str) -> tuple[dict[str, Any] | None, list[str]]:
+    """Parse and schema-check one file's text: (data, errors); data is None if unusable."""
     try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        return None, [f"{path.name}: cannot read: {exc}"]
+        data = _parse(text)
+    except yaml.YAMLError as exc:
+        return None, [f"{path.name}: not valid YAML: {exc}"]
     errors = [
         f"{path.name}: {'/'.join(map(str, e.absolute_path)) or '(top)'}: {e.message}"
         for e in sorted(_validator().iter_errors(data), key=lambda e: list(map(str, e.absolute_path)))
@@ -193,7 +204,11 @@ def validate_file(path: Path | str, check_links: bool = True) -> list[str]:
     """Every problem in one quiz file (empty list: valid). Loading for a quiz skips the link check: a
     notebook renamed later must not stop anyone practising (the kit's tests check links)."""
     path = Path(path)
-    data, errors = _read(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        return [f"{path.name}: cannot read: {exc}"]
+    data, errors = _check(path, text)
     return errors if data is None else errors + _semantic_errors(path, data, check_links)
 
 
@@ -201,19 +216,46 @@ def bank_files() -> list[Path]:
     return sorted(quiz_dir().glob("*.yaml"))
 
 
+def _digest(texts: dict[Path, str]) -> str:
+    sha = hashlib.sha256(f"{CACHE_VERSION}\n{(quiz_dir() / 'schema.json').read_text()}".encode())
+    for path, text in sorted(texts.items()):
+        sha.update(f"\0{path.name}\0{text}".encode())
+    return sha.hexdigest()
+
+
+def _cache_path() -> Path:
+    return state_dir() / "quiz-bank.sha256"
+
+
 def load_bank(paths: Sequence[Path] | None = None) -> list[Question]:
-    """Every question, in file then bank order; raises BankError listing all problems."""
-    errors, questions = [], []
-    for path in paths or bank_files():
-        file_errors = validate_file(path, check_links=False)
-        errors += file_errors
-        if not file_errors:
-            data = yaml.safe_load(path.read_text())
+    """Every question, in file then bank order; raises BankError listing all problems.
+
+    Full validation runs when the bank's content differs from the last content that passed (its digest
+    is kept in the state folder), so an unchanged bank loads in milliseconds."""
+    texts = {path: path.read_text() for path in (paths or bank_files())}
+    digest = _digest(texts)
+    try:
+        trusted = _cache_path().read_text().strip() == digest
+    except OSError:
+        trusted = False
+    errors: list[str] = []
+    if not trusted:
+        for path, text in texts.items():
+            data, file_errors = _check(path, text)
+            errors += file_errors if data is None else file_errors + _semantic_errors(path, data, False)
+    questions = []
+    if not errors:
+        for text in texts.values():
+            data = _parse(text)
             questions += [_question(data["topic"], q, data.get("links", {})) for q in data["questions"]]
     ids = [q.id for q in questions]
     errors += [f"{i}: id used in more than one file" for i in sorted({i for i in ids if ids.count(i) > 1})]
     if errors:
         raise BankError(errors)
+    if not trusted:
+        with contextlib.suppress(OSError):
+            _cache_path().parent.mkdir(parents=True, exist_ok=True)
+            _cache_path().write_text(digest + "\n")
     return questions
 
 
