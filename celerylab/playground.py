@@ -53,7 +53,7 @@ class Playground:
     def start(self, concurrency: int = 2, deadline: float = 120.0, **worker_options: Any) -> Worker:
         """(Re)load tasks.py in a fresh namespace and start one real worker on it."""
         self._close_session()
-        self.session = LabSession(self.label, self.folder, self.broker, self.folder / "logs")
+        self.session = LabSession(self.label, self.folder, self.broker, Path(tempfile.mkdtemp(prefix="celerylab-logs-")))
         self.run = LabRun(self.session, deadline)
         return self.session.worker(concurrency=concurrency, **worker_options)
 

@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -58,13 +59,25 @@ class LabSession:
         self.logdir = logdir
         shutil.rmtree(logdir, ignore_errors=True)
         logdir.mkdir(parents=True, exist_ok=True)
-        self.probe = self._probe()
+        self._probe_result: dict[str, Any] | None = None
+        self._probing = threading.Thread(target=self._run_probe, name="celerylab-probe", daemon=True)
+        self._probing.start()  # overlaps the recorder's start and the first worker's
         self.app = self.ns.app("grader")
         self.recorder = Recorder(self.ns.app("recorder")).start()
         self._reused: dict[str, Worker] = {}
         self._started: list[Worker | Beat] = []
         self.worker_start_seconds = 0.0
         self._module: ModuleType | None = None
+
+    @property
+    def probe(self) -> dict[str, Any]:
+        """The import probe's report: ``{"ok": True, "tasks": {...}}`` or what went wrong."""
+        self._probing.join()
+        assert self._probe_result is not None
+        return self._probe_result
+
+    def _run_probe(self) -> None:
+        self._probe_result = self._probe()
 
     def _probe(self) -> dict[str, Any]:
         cmd = [sys.executable, "-m", "celerylab.runtime", "probe", str(self.folder)]
@@ -118,7 +131,6 @@ class LabSession:
     # -- workers ----------------------------------------------------------------------------------
     def worker(self, key: str = "w1", **options: Any) -> Worker:
         """A ready worker, reused while alive and idle; replaced if a previous test left it busy."""
-        self.require_import()
         worker = self._reused.get(key)
         if worker is not None and (not worker.alive or not worker.ping(1.0) or worker.busy()):
             worker.stop()
@@ -129,12 +141,16 @@ class LabSession:
 
     def start_worker(self, name: str, **options: Any) -> Worker:
         """A new worker this caller owns (stop it, or let the session do it at the end)."""
-        self.require_import()
         worker = Worker(self.ns, self.folder, name=name, log_path=self._log_path(name), **options)
         self._started.append(worker)
         begun = time.monotonic()
         try:
-            worker.start()
+            worker.spawn()
+            self.require_import()  # the probe ran meanwhile; a broken module gets its clear verdict here
+            worker.wait_ready()
+        except LabFailure:
+            worker.stop()
+            raise
         except WorkerError as exc:
             raise LabFailure(verdict("A worker could not start on your tasks.py.", observed=str(exc),
                                      hint="read the log above; the line that raised is near its end.")) from None

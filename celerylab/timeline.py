@@ -258,7 +258,7 @@ class Timeline:
             y = rows.index((a.hostname, a.pid))
             width = max(0.02, (a.end or now) - a.start)
             ax.barh(y, width, left=a.start - t0, color=colours.get(a.outcome, "tab:gray"), edgecolor="black")
-            ax.text(a.start - t0, y + 0.3, f"{a.name.rsplit('.', 1)[-1]}#{a.number}", fontsize=7)
+            ax.text(a.start - t0, y + 0.3, f"{a.name.rsplit('.', 1)[-1]}[{a.uuid[:4]}]#{a.number}", fontsize=7)
         for uuid in self.task_ids():
             tries = self.attempts(uuid)
             for a, b in zip(tries, tries[1:], strict=False):
@@ -268,6 +268,8 @@ class Timeline:
         ax.set_yticks(range(len(rows)), [f"{h.split('@')[0]} pid {p}" for h, p in rows])
         ax.set_xlabel("seconds since the first attempt started")
         handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colours.values()]
-        ax.legend(handles, list(colours), loc="upper right", fontsize=7, ncols=5)
+        ax.legend(handles, list(colours), loc="upper center", bbox_to_anchor=(0.5, -0.3), fontsize=7, ncols=5,
+                  frameon=False)  # fmt: skip
+        ax.figure.tight_layout()
         ax.set_title(title or "task attempts per worker process")
         return ax

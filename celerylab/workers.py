@@ -109,11 +109,15 @@ class Worker(_Process):
         self.control: Celery = ns.app("control")
 
     def start(self, ready_timeout: float = READY_TIMEOUT) -> Worker:
+        self.spawn()
+        self.wait_ready(ready_timeout)
+        return self
+
+    def spawn(self) -> None:
+        """Start the process without waiting: other work can overlap its ~1 s of start-up."""
         self._spawn(["worker", "-P", self.pool, "-c", str(self.concurrency), "-n", self.hostname,
                      "-Q", ",".join(self.queues), "-E", "--without-gossip", "--without-mingle",
                      "--without-heartbeat", "-l", "INFO", *self.extra_args])  # fmt: skip
-        self.wait_ready(ready_timeout)
-        return self
 
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
         deadline = time.monotonic() + timeout
