@@ -76,10 +76,7 @@ def crash(lab_session: LabSession):
     queue. Shared by the two crash tests (one crash, two verdicts)."""
     run = LabRun(lab_session, 60.0)
     queue = lab_session.ns.queue_name("crash")  # only these two workers consume it
-    settings = {}
-    if lab_session.broker.is_redis:  # merged with the namespace's options (its key prefix), not instead
-        settings["broker_transport_options"] = {**lab_session.ns.config()["broker_transport_options"],
-                                                **FAST_REDELIVERY}  # fmt: skip
+    settings = lab_session.ns.transport_settings(**FAST_REDELIVERY)
     worker = run.start_worker("crash", concurrency=2, queues=[queue], settings=settings)
     report = run.send("render_report", "r-crash", CRASH_SECONDS, queue=queue)
     sms = run.send("send_sms", "+15550100", CRASH_SECONDS, queue=queue)
