@@ -73,7 +73,8 @@ def _points(item: pytest.Item) -> float:
 
 
 def _is_graded(item: pytest.Item) -> bool:
-    return "lab" in getattr(item, "fixturenames", ())
+    """An autograder test: it runs on a lab session (a parameter merely named ``lab`` does not count)."""
+    return "lab_session" in getattr(item, "fixturenames", ())
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

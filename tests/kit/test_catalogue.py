@@ -1,0 +1,63 @@
+"""The kit's anatomy: every lab complete and consistent, as CONTRIBUTING.md promises."""
+
+from __future__ import annotations
+
+import ast
+import re
+
+import pytest
+
+from celerylab import labs
+from celerylab.labs import CatalogueError, load_lab
+from tests.kit.conftest import ROOT
+
+CATALOGUE = labs.catalogue()
+LABS = [lab.name for lab in CATALOGUE]
+
+
+def test_the_catalogue_has_the_core_labs_in_order():
+    assert LABS[0] == "retries"
+    assert {"retries", "canvas", "idempotency", "acks", "scheduling"} <= set(LABS)
+    assert len({lab.order for lab in CATALOGUE}) == len(CATALOGUE), "each lab has its own place"
+
+
+@pytest.mark.parametrize("lab", CATALOGUE, ids=LABS)
+def test_every_lab_has_the_whole_anatomy(lab):
+    for path in (lab.folder / "README.md", lab.folder / "tasks.py", lab.solution / "tasks.py", lab.autograder,
+                 ROOT / lab.notebook, ROOT / lab.quiz):  # fmt: skip
+        assert path.exists(), f"{lab.name}: missing {path.relative_to(ROOT)}"
+    assert len(lab.hints) >= 3 and all(1 <= s <= 17 for s in lab.sections)
+    readme = (lab.folder / "README.md").read_text()
+    assert f"celerylab grade {lab.name}" in readme, "the README says how it is graded"
+    assert not sorted(p.name for p in lab.folder.iterdir() if p.name not in {"README.md", "tasks.py", "lab.toml"}
+                      and not p.name.startswith((".", "__pycache__"))), "a lab folder holds only its own files"  # fmt: skip
+
+
+@pytest.mark.parametrize("lab", CATALOGUE, ids=LABS)
+def test_skeleton_names_every_task_of_the_solution(lab):
+    def tasks(path):
+        tree = ast.parse(path.read_text())
+        return {node.name for node in tree.body if isinstance(node, ast.FunctionDef)
+                and any("task" in ast.unparse(d) for d in node.decorator_list)}  # fmt: skip
+
+    missing = tasks(lab.solution / "tasks.py") - tasks(lab.folder / "tasks.py")
+    assert not missing, f"the skeleton should already name every task of the contract: {missing}"
+    assert re.search(r'^app = Celery\("', (lab.folder / "tasks.py").read_text(), re.M), "one app, named app"
+
+
+@pytest.mark.parametrize("lab", CATALOGUE, ids=LABS)
+def test_every_autograder_test_has_points_and_a_title(lab):
+    tree = ast.parse(lab.autograder.read_text())
+    tests = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name.startswith("test_")]
+    assert tests
+    for node in tests:
+        marks = [ast.unparse(d) for d in node.decorator_list]
+        assert any(m.startswith("pytest.mark.points(") for m in marks), f"{node.name} has no points"
+        assert ast.get_docstring(node), f"{node.name} has no one-line title"
+
+
+def test_a_broken_lab_toml_is_named_with_its_field(tmp_path):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "lab.toml").write_text('title = "x"\norder = 1\n')
+    with pytest.raises(CatalogueError, match="missing field `sections`"):
+        load_lab(tmp_path / "x" / "lab.toml", tmp_path)

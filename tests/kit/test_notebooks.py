@@ -1,0 +1,34 @@
+"""Every notebook executes headless, top to bottom, on real workers, and leaves nothing behind."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from tests.kit.conftest import ROOT
+
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_executes(path: Path, tmp_path, monkeypatch, no_orphans):
+    # The kernel must be this interpreter (with celerylab installed), whatever PATH says.
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("CELERYLAB_HOME", str(tmp_path / "state"))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
+    client.execute()
+    errors = [o for cell in nb.cells for o in cell.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errors, errors
+
+
+def test_every_notebook_is_named_for_a_cheat_sheet_section():
+    for path in NOTEBOOKS:
+        number, _, topic = path.stem.partition("_")
+        assert number.isdigit() and 0 <= int(number) <= 17 and topic, path.name
