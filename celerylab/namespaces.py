@@ -84,13 +84,6 @@ class Namespace:
         with self.app("depth").connection_for_write() as conn:
             return conn.default_channel.queue_declare(queue or self.queue, passive=True).message_count
 
-    def transport_settings(self, **options: Any) -> dict[str, Any]:
-        """Worker ``settings`` adding broker transport options (e.g. Redis's ``visibility_timeout``) to the
-        namespace's own: a worker's settings replace keys, so a bare dict would drop the key prefix and the
-        worker would never hear the grader. Empty on non-Redis brokers, where these options mean nothing."""
-        current = self.config().get("broker_transport_options")
-        return {} if current is None else {"broker_transport_options": {**current, **options}}
-
     def app(self, main: str = "celerylab") -> Celery:
         """A bare app on this namespace: for sending by task name, remote control and events."""
         app = Celery(main, set_as_current=False)

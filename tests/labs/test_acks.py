@@ -20,7 +20,7 @@ from celerylab.timeline import ATTEMPT_START, Timeline
 
 # Redis only sweeps unacked messages back after visibility_timeout (1 h by default), checking every
 # unacked_restore_interval x unacked_restore_throttle seconds (10 x 10): shortened so a grade takes seconds.
-FAST_REDELIVERY = {"visibility_timeout": 3, "unacked_restore_interval": 1, "unacked_restore_throttle": 1}
+VISIBILITY_TIMEOUT = 3
 CRASH_SECONDS = 2.0  # how long the tasks on the crashed worker run
 REDELIVERY_BOUND = 15.0  # kill -> redelivered task finished (Redis: ~4-6 s, RabbitMQ: ~1.5 s), with margin
 LATE_MARGIN = 2.5  # after the report came back: time for a late-acked sms to come back in the same sweep
@@ -76,7 +76,7 @@ def crash(lab_session: LabSession):
     queue. Shared by the two crash tests (one crash, two verdicts)."""
     run = LabRun(lab_session, 60.0)
     queue = lab_session.ns.queue_name("crash")  # only these two workers consume it
-    settings = lab_session.ns.transport_settings(**FAST_REDELIVERY)
+    settings = lab_session.ns.redelivery_settings(VISIBILITY_TIMEOUT)  # nothing to set on RabbitMQ
     worker = run.start_worker("crash", concurrency=2, queues=[queue], settings=settings)
     report = run.send("render_report", "r-crash", CRASH_SECONDS, queue=queue)
     sms = run.send("send_sms", "+15550100", CRASH_SECONDS, queue=queue)
