@@ -94,8 +94,8 @@ def test_utc_in_is_timezone_aware(lab, worker):
     when = utc_in(DELAY)
     expect(isinstance(when, datetime), "utc_in(seconds) should return a datetime.", observed=repr(when))
     expect(when.tzinfo is not None and when.utcoffset() == timedelta(0),
-           "utc_in(seconds) must be timezone-aware UTC. A naive datetime (datetime.utcnow() makes one) is "
-           "read by Celery in app.conf.timezone, so it means another moment as soon as that is not UTC.",
+           "utc_in(seconds) must be timezone-aware UTC. A naive one (datetime.utcnow() makes one) cannot "
+           "be compared with an aware datetime (TypeError), and .timestamp() reads it as local time.",
            expected="tzinfo UTC (utcoffset 0)", observed=f"{when!r} (tzinfo {when.tzinfo})",
            hint="datetime.now(UTC) + timedelta(seconds=seconds); utcnow() is deprecated since "
                 "Python 3.12.")  # fmt: skip
