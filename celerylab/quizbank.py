@@ -5,7 +5,8 @@ grades an answer, and keeps a Leitner schedule per question id in ``Progress.qui
 
     {"box": 1-5, "last": session, "seen": n, "right": n}
 
-A right answer moves a question up one box, a wrong one back to box 1. Box b is due again ``2**(b-1)``
+A wrong answer puts a question in box 1 (the "missed" box); a right one moves it up a box, a first-time
+right answer straight to box 2. Box b is due again ``2**(b-1)``
 sessions after it was last asked; a session is one quiz/interview run (or widget) that recorded an answer,
 numbered ``1 + max(last)``, so no separate counter is stored. A question in box ``MASTERED_BOX`` or
 higher is mastered: answered right at least twice in a row.
@@ -273,7 +274,7 @@ def next_session(memory: dict[str, dict[str, Any]]) -> int:
 def record(memory: dict[str, dict[str, Any]], qid: str, right: bool, session: int) -> dict[str, Any]:
     """Move ``qid`` up a box (right) or back to box 1 (wrong); returns its entry."""
     entry = memory.setdefault(qid, {"box": 0, "seen": 0, "right": 0, "last": 0})
-    entry["box"] = min(MAX_BOX, entry.get("box", 0) + 1) if right else 1
+    entry["box"] = min(MAX_BOX, max(2, entry.get("box", 0) + 1)) if right else 1  # box 1 means "missed"
     entry["seen"] = entry.get("seen", 0) + 1
     entry["right"] = entry.get("right", 0) + int(right)
     entry["last"] = session
