@@ -15,6 +15,7 @@ messages, so it says nothing about the delay.
 from __future__ import annotations
 
 import threading
+from datetime import datetime
 import time
 import uuid as uuidlib
 from collections.abc import Callable, Iterable
@@ -60,6 +61,7 @@ class Attempt:
     pid: int | None
     exception: str | None = None
     redelivered: bool = False
+    eta: str | None = None  # when the message asked to run (countdown/eta/retry backoff), ISO 8601
 
     @property
     def duration(self) -> float | None:
@@ -176,6 +178,7 @@ class Timeline:
         pid, exact even when a retry starts before the worker reports the previous one); an attempt whose
         process was killed ends with the main process's ``task-failed`` (time limit, lost worker)."""
         name = self.names().get(uuid, "?")
+        etas = [e.get("eta") for e in self.events(type="task-received", uuid=uuid)]  # one message per attempt
         out: list[Attempt] = []
         for e in self.events(uuid=uuid):
             if e.type == ATTEMPT_START:
@@ -183,7 +186,8 @@ class Timeline:
                     if a.outcome == "running" and a.pid == e.get("pid"):
                         a.outcome = "lost"  # its process started something else: it died mid-task
                 out.append(Attempt(uuid, name, len(out) + 1, e.timestamp, None, "running", e.hostname,
-                                   e.get("pid"), redelivered=bool(e.get("redelivered"))))  # fmt: skip
+                                   e.get("pid"), redelivered=bool(e.get("redelivered")),
+                                   eta=etas[len(out)] if len(out) < len(etas) else None))  # fmt: skip
             elif e.type == ATTEMPT_END:
                 a = next((a for a in reversed(out) if a.pid == e.get("pid") and a.end is None), None)
                 if a is not None:
@@ -225,18 +229,19 @@ class Timeline:
             raise DeadlineExceeded(f"still not finished after {timeout:.0f} s:\n{where}") from None
 
     def table(self) -> str:
-        """Every attempt, one line each, times relative to the first event."""
+        """Every attempt, one line each; seconds since the first event (eta: when it was asked to run)."""
         rows = [a for u in self.task_ids() for a in self.attempts(u)]
         if not rows:
             return "(no task has started)"
         t0 = min(e.timestamp for e in self.events())
-        lines = [f"{'task':<24} {'try':>3} {'start':>7} {'end':>7}  {'outcome':<8} {'worker process':<28} note"]
+        lines = [f"{'task':<22} {'try':>3} {'eta':>6} {'start':>6} {'end':>6}  {'outcome':<8} {'process':<16} note"]
         for a in sorted(rows, key=lambda a: a.start):
-            end = f"{a.end - t0:7.2f}" if a.end is not None else "      -"
+            end = f"{a.end - t0:6.2f}" if a.end is not None else "     -"
+            eta = f"{datetime.fromisoformat(a.eta).timestamp() - t0:6.2f}" if a.eta else "     -"
             who = f"{a.hostname.split('@')[0]}:{a.pid}"
             note = (a.exception or "")[:50] + (" (redelivered)" if a.redelivered else "")
             short = f"{a.name.rsplit('.', 1)[-1]}[{a.uuid[:6]}]"
-            lines.append(f"{short:<24} {a.number:>3} {a.start - t0:7.2f} {end}  {a.outcome:<8} {who:<28} {note}")
+            lines.append(f"{short:<22} {a.number:>3} {eta} {a.start - t0:6.2f} {end}  {a.outcome:<8} {who:<16} {note}")
         return "\n".join(lines)
 
     def plot(self, ax: Any = None, title: str | None = None) -> Any:
