@@ -1,6 +1,7 @@
-"""The code of the bank's "predict what happens" questions, run by tests/kit/test_quiz_proofs.py on a real
-prefork worker. Each task is the question's code as printed (the question names the module ``tasks``);
-the worker's broker, backend and queues come from the kit's namespace, not from here.
+"""The code of the bank's "predict what happens" questions, as printed in them (they call this `tasks.py`).
+
+tests/kit/test_quiz_proofs.py runs it on real prefork workers; broker, backend and queue names come from
+the kit's namespace (celerylab.runtime lays them over this app), so nothing here names a server.
 """
 
 from __future__ import annotations
@@ -47,59 +48,6 @@ def nap(seconds, label):
     return label
 
 
-@app.task(
-    bind=True,
-    autoretry_for=(TimeoutError, ConnectionError),
-    retry_backoff=2,
-    retry_jitter=True,
-    max_retries=6,
-)
-def call_api(self, url):
-    resp = httpx.get(url, timeout=5)
-    resp.raise_for_status()
-    return resp.json()
-
-
-@app.task(autoretry_for=(requests.RequestException,), retry_backoff=True, retry_kwargs={"max_retries": 5})
-def fetch_url(url):
-    return requests.get(url, timeout=5).text
-
-
-@app.task(bind=True, max_retries=2, default_retry_delay=0)
-def flaky(self):
-    try:
-        raise ValueError("still down")
-    except ValueError as exc:
-        raise self.retry(exc=exc)  # noqa: B904 - the idiom the question shows
-
-
-@app.task(soft_time_limit=1, time_limit=10)
-def slow():
-    try:
-        time.sleep(3)
-    except TimeoutError:
-        return "caught TimeoutError"
-    return "finished"
-
-
-@app.task(soft_time_limit=1)
-def report():
-    status = "complete"
-    try:
-        time.sleep(3)  # the slow part
-    except Exception as exc:  # "never let the report crash"
-        status = f"partial ({type(exc).__name__})"
-    return status
-
-
-@app.task(time_limit=1)
-def stuck():
-    try:
-        time.sleep(5)
-    except Exception:
-        return "recovered"
-
-
 @app.task
 def describe(value):
     return {1: type(value).__name__}
@@ -115,9 +63,69 @@ def resize(path):
     return current_task.request.delivery_info["routing_key"]
 
 
+# retries-003: the cheat sheet's §5 task (with @app.task instead of @shared_task)
+@app.task(autoretry_for=(requests.RequestException,), retry_backoff=True, retry_kwargs={"max_retries": 5})
+def fetch_url(url):
+    return requests.get(url, timeout=5).text
+
+
+@app.task(bind=True, max_retries=2, default_retry_delay=0)
+def flaky(self):
+    try:
+        raise ValueError("still down")
+    except ValueError as exc:
+        raise self.retry(exc=exc)  # noqa: B904 - the idiom the question shows
+
+
+# retries-011: the cheat sheet's §15 task, verbatim
+@app.task(bind=True, autoretry_for=(TimeoutError, ConnectionError), retry_backoff=2, retry_jitter=True,
+          max_retries=6)  # fmt: skip
+def call_api(self, url):
+    resp = httpx.get(url, timeout=5)
+    resp.raise_for_status()
+    return resp.json()
+
+
 @app.task(bind=True, max_retries=1, default_retry_delay=0)
 def charge(self, amount):
-    key = str(uuid.uuid4())  # "idempotency key"
-    if self.request.retries == 0:
-        raise self.retry(exc=ConnectionError("gateway timed out after charging"))
-    return key
+    key = str(uuid.uuid4())  # the "idempotency key"
+    if self.request.retries == 0:  # charged, but the reply timed out
+        raise self.retry(exc=TimeoutError(f"charged {amount} with key {key}; reply lost"))
+    return f"charged {amount} with key {key}"
+
+
+@app.task  # default: acknowledged just before it runs
+def early_ack(n):
+    time.sleep(30)
+
+
+@app.task(acks_late=True)  # acknowledged after it finishes
+def late_ack(n):
+    time.sleep(30)
+
+
+@app.task(soft_time_limit=1, time_limit=10)
+def slow():
+    try:
+        time.sleep(3)
+    except TimeoutError:
+        return "caught TimeoutError"
+    return "finished"
+
+
+@app.task(time_limit=1)
+def stuck():
+    try:
+        time.sleep(5)
+    except Exception:
+        return "recovered"
+
+
+@app.task(soft_time_limit=1)
+def report():
+    status = "complete"
+    try:
+        time.sleep(3)  # the slow part
+    except Exception as exc:  # "never let the report crash"
+        status = f"partial ({type(exc).__name__})"
+    return status
