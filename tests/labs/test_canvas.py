@@ -18,6 +18,7 @@ from celery.exceptions import ChordError
 from celery.result import AsyncResult
 
 from celerylab.session import LabFailure, expect, verdict
+from celerylab.stubs import ScriptedHTTPServer
 from celerylab.timeline import FINAL
 
 PAGES = 4
@@ -34,7 +35,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::celery.exceptions.CPendingDepre
 class Site:
     """Pages and endpoints on the grader's stub under a fresh prefix, so tests never share a hit."""
 
-    stub: object
+    stub: ScriptedHTTPServer
     prefix: str
     pages: int
 
@@ -63,7 +64,7 @@ class Site:
         return max(r.time + self.latency(int(r.path.rsplit("/", 1)[1])) for r in self.page_hits())
 
 
-def make_site(stub, pages: int = PAGES, failing: tuple[int, ...] = ()) -> Site:
+def make_site(stub: ScriptedHTTPServer, pages: int = PAGES, failing: tuple[int, ...] = ()) -> Site:
     site = Site(stub, f"t{next(_prefixes)}", pages)
 
     def serve(n: int):
