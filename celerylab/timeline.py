@@ -30,6 +30,7 @@ STATE_OF = {"task-sent": "PENDING", "task-received": "RECEIVED", "task-started":
 FINAL = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 MARK = "celerylab-mark"
 ATTEMPT_START, ATTEMPT_END = "celerylab-start", "celerylab-end"  # sent by celerylab.runtime
+KILLED = "celerylab-killed"  # sent by celerylab.workers when the kit SIGKILLs a worker or one pool process
 OUTCOME = {"SUCCESS": "success", "RETRY": "retry", "FAILURE": "failure", "REJECTED": "rejected"}
 
 
@@ -180,8 +181,12 @@ class Timeline:
         name = self.names().get(uuid, "?")
         etas = [e.get("eta") for e in self.events(type="task-received", uuid=uuid)]  # one message per attempt
         out: list[Attempt] = []
-        for e in self.events(uuid=uuid):
-            if e.type == ATTEMPT_START:
+        for e in (e for e in self.events() if e.uuid == uuid or e.type == KILLED):
+            if e.type == KILLED:  # its process was SIGKILLed by the kit: it will never report an end
+                hit = [a for a in out if a.outcome == "running" and a.hostname == e.get("worker")]
+                for a in (a for a in hit if e.get("killed_pid") in (None, a.pid)):
+                    a.end, a.outcome, a.exception = e.timestamp, "lost", "its process was killed (SIGKILL)"
+            elif e.type == ATTEMPT_START:
                 for a in out:
                     if a.outcome == "running" and a.pid == e.get("pid"):
                         a.outcome = "lost"  # its process started something else: it died mid-task

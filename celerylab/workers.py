@@ -23,7 +23,7 @@ from typing import Any
 
 from celery import Celery
 
-from celerylab import processes, runtime
+from celerylab import processes, runtime, timeline
 from celerylab.namespaces import Namespace
 
 READY_TIMEOUT = 30.0
@@ -149,6 +149,18 @@ class Worker(_Process):
         if pid not in self.pool_pids():
             raise WorkerError(f"pid {pid} is not a pool process of {self.hostname}")
         os.kill(pid, signal.SIGKILL)
+        self._announce_kill(pid)
+
+    def crash(self) -> None:
+        """:meth:`kill` as a fault to observe (a deploy's ``kill -9``, a lost VM): the timeline is told, so
+        the attempts that were running end as ``lost`` at that moment instead of running forever."""
+        self.kill()
+        self._announce_kill(None)
+
+    def _announce_kill(self, pid: int | None) -> None:
+        """A ``celerylab-killed`` event (see celerylab.timeline): no process of the worker can send one."""
+        with self.control.events.default_dispatcher() as dispatcher:
+            dispatcher.send(timeline.KILLED, worker=self.hostname, killed_pid=pid)  # `pid` is the sender's
 
     def wait_pool_replaced(self, pid: int, timeout: float = 10.0) -> list[int]:
         """Until ``pid`` has left the pool and the pool is back to full strength; returns the pool's pids.

@@ -81,7 +81,7 @@ def crash(lab_session: LabSession):
     report = run.send("render_report", "r-crash", CRASH_SECONDS, queue=queue)
     sms = run.send("send_sms", "+15550100", CRASH_SECONDS, queue=queue)
     run.wait_until(lambda tl: started(tl, report.id) and started(tl, sms.id), "both tasks to start", 15.0)
-    worker.kill()
+    worker.crash()  # kill -9 of the whole worker, noted in the timeline
     killed_at = time.monotonic()
     run.start_worker("rescue", concurrency=2, queues=[queue], settings=settings)
     yield Crash(run, report, sms, worker.hostname, killed_at)
