@@ -105,9 +105,10 @@ def gateway(http_stub) -> Gateway:
 
 @pytest.fixture
 def workers(lab, gateway):
-    """Two workers, two pool processes each, on the default queue (reused across tests)."""
+    """Two workers, two pool processes each, on the default queue (reused across tests). Prefetch 1: a
+    worker holds only what it runs, so a burst of copies spreads over all four processes."""
     settings = {"gateway_url": gateway.base_url}
-    yield [lab.worker(name, concurrency=2, settings=settings) for name in ("a", "b")]
+    yield [lab.worker(name, concurrency=2, prefetch_multiplier=1, settings=settings) for name in ("a", "b")]
     gateway.release_all()
 
 
@@ -280,10 +281,12 @@ def test_worker_killed_mid_charge_charges_once(lab, workers, gateway):
     lab.start_worker("crash-2", concurrency=1, queues=[queue], settings=settings)
     done = finished(lab, [result], REDELIVERY_WAIT)
     tries = lab.timeline.attempts(result.id)
+    acks_late = lab.task_options("charge").get("acks_late")
     expect(len(tries) >= 2,
            "The worker died mid-charge, and the message died with it: nothing ran the charge again, so the "
            "customer paid and never got a receipt.",
-           expected="the message redelivered to the fresh worker", observed=f"{len(tries)} attempt(s) seen",
+           expected="the message redelivered to the fresh worker",
+           observed=f"{len(tries)} attempt(s) seen; your task has acks_late={acks_late}",
            hint="acks_late=True: ack after the task returns; an unfinished message comes back.")  # fmt: skip
     expect(done and lab.timeline.state(result.id) == "SUCCESS",
            "The redelivered charge must finish: its own claim from before the crash is not someone else's.",
