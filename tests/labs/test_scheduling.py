@@ -115,7 +115,7 @@ def test_utc_in_is_timezone_aware(lab, worker):
            "utc_in(seconds) must be timezone-aware UTC. A naive one (datetime.utcnow() makes one) cannot "
            "be compared with an aware datetime (TypeError), and .timestamp() reads it as local time.",
            expected="tzinfo UTC (utcoffset 0)", observed=f"{when!r} (tzinfo {when.tzinfo})",
-           hint="datetime.now(UTC) + timedelta(seconds=seconds); utcnow() is deprecated since "
+           hint="datetime.now(timezone.utc) + timedelta(seconds=seconds); utcnow() is deprecated since "
                 "Python 3.12.")  # fmt: skip
     ahead = (when - now).total_seconds()
     expect(abs(ahead - DELAY) < 0.5, "utc_in(seconds) should be `seconds` from now.",
@@ -212,6 +212,9 @@ def check_fires(lab, task: str, wanted: str, expected: list[datetime], what: str
     wrong = next((i for i, (a, b) in enumerate(zip(fired, expected, strict=False)) if a != b),
                  None if len(fired) == len(expected) else min(len(fired), len(expected)))  # fmt: skip
     skip = max(0, (wrong or 0) - 1)
+    zone = lab.module().app.conf.timezone
+    if len(fired) == len(expected) and str(zone) != "UTC":
+        hint = f"right count, wrong hours: crontab is read in app.conf.timezone ({zone!r}); set it to 'UTC'."
     expect(wrong is None, what, expected=shown(expected, skip),
            observed=f"{shown(fired, skip)} (UTC, beat replayed from Sun 31 May 2026 12:00 for a week)",
            hint=hint)  # fmt: skip
