@@ -5,11 +5,11 @@ grades an answer, and keeps a Leitner schedule per question id in ``Progress.qui
 
     {"box": 1-5, "last": session, "seen": n, "right": n}
 
-A wrong answer puts a question in box 1 (the "missed" box); a right one moves it up a box, a first-time
-right answer straight to box 2. Box b is due again ``2**(b-1)``
-sessions after it was last asked; a session is one quiz/interview run (or widget) that recorded an answer,
-numbered ``1 + max(last)``, so no separate counter is stored. A question in box ``MASTERED_BOX`` or
-higher is mastered: answered right at least twice in a row.
+A wrong answer puts a question in box 1 (the "missed" box); a right one moves it up a box (a first right
+answer straight to box 2). Box b is due again ``2**(b-1)`` sessions after it was last asked; a session is
+one quiz, interview or widget that recorded answers, numbered ``1 + max(last)``, so no counter is stored.
+A question in box ``MASTERED_BOX`` or higher is mastered: answered right at least twice in a row. An entry
+someone edited into nonsense counts as unseen rather than crashing the quiz.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from celerylab.paths import kit_root, state_dir
 CACHE_VERSION = 1  # bump when validation rules change, so cached verdicts are redone
 MAX_BOX = 5
 MASTERED_BOX = 3
-SECTIONS = range(0, 18)  # 0 = the interview answer template, 1-17 = cheat-sheet sections
 LABS = ("retries", "canvas", "idempotency", "acks", "scheduling")  # labs/<name>/ (may still be in progress)
 
 
@@ -267,22 +266,41 @@ def topics(bank: Sequence[Question]) -> list[str]:
 # --- memory: Leitner boxes in Progress.quiz -------------------------------------------------------------
 
 
-def next_session(memory: dict[str, dict[str, Any]]) -> int:
-    return 1 + max((e.get("last", 0) for e in memory.values() if isinstance(e, dict)), default=0)
+def _int(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
 
 
-def record(memory: dict[str, dict[str, Any]], qid: str, right: bool, session: int) -> dict[str, Any]:
+def _box_last(entry: Any) -> tuple[int, int]:
+    """(box, last session) of a memory entry; (0, 0) - unseen - if missing or not numbers."""
+    try:
+        box, last = int(entry.get("box", 0)), int(entry.get("last", 0))
+    except (AttributeError, TypeError, ValueError):
+        return 0, 0
+    return (box, last) if 0 <= box <= MAX_BOX else (0, 0)
+
+
+def next_session(memory: dict[str, Any]) -> int:
+    return 1 + max((_box_last(e)[1] for e in memory.values()), default=0)
+
+
+def record(memory: dict[str, Any], qid: str, right: bool, session: int) -> dict[str, Any]:
     """Move ``qid`` up a box (right) or back to box 1 (wrong); returns its entry."""
-    entry = memory.setdefault(qid, {"box": 0, "seen": 0, "right": 0, "last": 0})
-    entry["box"] = min(MAX_BOX, max(2, entry.get("box", 0) + 1)) if right else 1  # box 1 means "missed"
-    entry["seen"] = entry.get("seen", 0) + 1
-    entry["right"] = entry.get("right", 0) + int(right)
-    entry["last"] = session
+    box, _ = _box_last(memory.get(qid))
+    old = memory.get(qid) if isinstance(memory.get(qid), dict) else {}
+    memory[qid] = entry = {
+        "box": min(MAX_BOX, max(2, box + 1)) if right else 1,  # box 1 means "missed last time"
+        "seen": _int(old.get("seen")) + 1,
+        "right": _int(old.get("right")) + int(right),
+        "last": session,
+    }
     return entry
 
 
-def is_mastered(memory: dict[str, dict[str, Any]], qid: str) -> bool:
-    return memory.get(qid, {}).get("box", 0) >= MASTERED_BOX
+def is_mastered(memory: dict[str, Any], qid: str) -> bool:
+    return _box_last(memory.get(qid))[0] >= MASTERED_BOX
 
 
 def select(
@@ -296,10 +314,9 @@ def select(
     rng.shuffle(shuffled)
 
     def rank(q: Question) -> tuple[int, int, int]:
-        entry = memory.get(q.id)
-        if not entry or not entry.get("box"):
+        box, last = _box_last(memory.get(q.id))
+        if not box:
             return (1, 0, 0)
-        box, last = entry["box"], entry.get("last", 0)
         due_at = last + 2 ** (box - 1)
         if due_at <= session:
             return (0 if box == 1 else 2, box, due_at)

@@ -13,7 +13,7 @@ import pytest
 
 from celerylab.progress import Progress
 from celerylab.quiz import Terminal, mastery_by_section, run_quiz
-from celerylab.quizbank import MASTERED_BOX, load_bank, record, select
+from celerylab.quizbank import MASTERED_BOX, is_mastered, load_bank, record, select
 from tests.kit.quizdrive import (
     SESSION,
     LiveProcess,
@@ -105,7 +105,8 @@ def test_ctrl_c_stops_with_partial_score(planned, home):
 
 def test_damaged_progress_file_is_set_aside(bank, home):
     (home / "progress.json").write_text("{this is not json")
-    result = run_module("celerylab.quiz", ["--section", "11", "--count", "1"], "a\n", home)
+    any_kind = "a\nt\n"  # "a" answers a choice or short question; a true/false one re-prompts, then "t"
+    result = run_module("celerylab.quiz", ["--section", "11", "--count", "1"], any_kind, home)
     assert result.returncode == 0
     assert "progress file was damaged" in result.stderr
     assert "Score: " in result.stdout
@@ -179,3 +180,12 @@ def test_leitner_boxes_and_mastery(bank, tmp_path):
     assert json.loads((tmp_path / "progress.json").read_text())["quiz"][q.id]["seen"] == 3
     totals = mastery_by_section(progress, bank)
     assert set(totals) == set(range(18)) and sum(total for _, total in totals.values()) == len(bank)
+
+
+def test_edited_nonsense_in_memory_counts_as_unseen(bank):
+    pool = [q for q in bank if q.topic == "brokers" and q.kind != "open"][:3]
+    memory = {pool[0].id: {"box": "three", "last": None}, pool[1].id: "oops", pool[2].id: {"box": 1, "last": 4}}
+    order = select(pool, memory, 3, random.Random(1))
+    assert order[0] == pool[2] and set(order[1:]) == {pool[0], pool[1]}
+    assert not is_mastered(memory, pool[0].id)
+    assert record(memory, pool[1].id, True, 5) == {"box": 2, "seen": 1, "right": 1, "last": 5}
