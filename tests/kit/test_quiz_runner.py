@@ -184,8 +184,9 @@ def test_leitner_boxes_and_mastery(bank, tmp_path):
 
 def test_edited_nonsense_in_memory_counts_as_unseen(bank):
     pool = [q for q in bank if q.topic == "brokers" and q.kind != "open"][:3]
-    memory = {pool[0].id: {"box": "three", "last": None}, pool[1].id: "oops", pool[2].id: {"box": 1, "last": 4}}
-    order = select(pool, memory, 3, random.Random(1))
-    assert order[0] == pool[2] and set(order[1:]) == {pool[0], pool[1]}
+    memory = {pool[0].id: {"box": "three", "last": None}, pool[1].id: "oops"}
+    memory[pool[2].id] = {"box": 1, "last": 4}
+    order = [q.id for q in select(pool, memory, 3, random.Random(1))]
+    assert order[0] == pool[2].id and set(order[1:]) == {pool[0].id, pool[1].id}
     assert not is_mastered(memory, pool[0].id)
     assert record(memory, pool[1].id, True, 5) == {"box": 2, "seen": 1, "right": 1, "last": 5}
