@@ -216,8 +216,9 @@ def test_duplicates_at_once_charge_once(lab, workers, gateway):
     release = gateway.hold(key)  # the first charge answers only once the other copies have had their go
     results = [lab.send("charge", 3, 4200, key) for _ in range(COPIES)]
     first = gateway.wait_charge(key, min(10.0, lab.remaining()))
-    seen = summary(lab, results) if finished(lab, results, 0.5) else "the tasks are still running"
-    expect(first is not None, "None of the copies reached the gateway.", observed=seen)
+    if first is None:
+        seen = summary(lab, results) if finished(lab, results, 0.5) else "the tasks are still running"
+        expect(False, "None of the copies reached the gateway.", observed=seen)
     try:  # hold until every other copy has had one go (or RELEASE_AFTER): check-then-act races now
         lab.timeline.wait_for(lambda tl: tried_once(tl, results) >= COPIES - 1,
                               min(RELEASE_AFTER, lab.remaining()), "the other copies")  # fmt: skip
