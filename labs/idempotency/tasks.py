@@ -1,7 +1,7 @@
 """Lab: idempotency. Read README.md in this folder first.
 
-This is the cheat sheet's §6 `charge`, made runnable. Sent twice at once, redelivered after a crash, or
-retried after an error, it charges twice, loses charges, or answers "duplicate" instead of the receipt.
+This is the cheat sheet's §6 `charge`, made runnable. Copies sent at once all call the gateway; a copy
+sent later answers "duplicate" instead of the receipt; a worker killed mid-charge takes the message along.
 Fix `charge` to meet the contract in the README; `celerylab grade idempotency` tells you how close you are.
 """
 
