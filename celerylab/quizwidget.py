@@ -49,7 +49,7 @@ class QuizWidget(widgets.VBox):
         self.session = next_session(self.progress.quiz)
         self.index = self.right = self.checked = 0
         self.header, self.prompt, self.feedback, self.score = (widgets.HTML() for _ in range(4))
-        self.inputs = widgets.VBox()
+        self.inputs = widgets.HBox()
         self.check_button = widgets.Button(description="Check", button_style="primary")
         self.next_button = widgets.Button(description="Next", disabled=True)
         self.check_button.on_click(lambda _: self.check())
@@ -76,21 +76,24 @@ class QuizWidget(widgets.VBox):
         self.header.value = (f"<small>Question {self.index + 1}/{len(self.questions)} · {q.id} · {where} · "
                              f"difficulty {q.difficulty}/3</small>")  # fmt: skip
         code = f"<pre>{html.escape(q.code)}</pre>" if q.code else ""
-        self.prompt.value = f"<p><b>{html.escape(reflow(q.prompt))}</b></p>{code}"
+        choices = "".join(f"<div>{letter}) {html.escape(reflow(c))}</div>"
+                          for letter, c in zip(string.ascii_lowercase, q.choices, strict=False))  # fmt: skip
+        self.prompt.value = f"<p><b>{html.escape(reflow(q.prompt))}</b></p>{code}{choices}"
         self.inputs.children = self._input_widgets(q)
         self.check_button.disabled, self.next_button.disabled = False, True
 
-    def _input_widgets(self, q: Question) -> tuple[widgets.Widget, ...]:
-        wide = widgets.Layout(width="100%")
+    @staticmethod
+    def _input_widgets(q: Question) -> tuple[widgets.Widget, ...]:
+        """Compact inputs (the choice texts, which may be long, wrap in the prompt above them)."""
         if q.kind == "short":
-            return (widgets.Text(placeholder="Your answer", layout=wide),)
+            return (widgets.Text(placeholder="Your answer", layout=widgets.Layout(width="60%")),)
         if q.kind == "truefalse":
-            return (widgets.RadioButtons(options=[("True", "t"), ("False", "f")], index=None, layout=wide),)
-        labels = [f"{string.ascii_lowercase[i]}) {reflow(c)}" for i, c in enumerate(q.choices)]
+            return (widgets.ToggleButtons(options=[("True", "t"), ("False", "f")], index=None),)
+        letters = string.ascii_lowercase[: len(q.choices)]
         if q.kind == "multi":
-            return tuple(widgets.Checkbox(description=label, indent=False, layout=wide) for label in labels)
-        options = list(zip(labels, string.ascii_lowercase, strict=False))
-        return (widgets.RadioButtons(options=options, index=None, layout=wide),)
+            auto = widgets.Layout(width="auto")
+            return tuple(widgets.Checkbox(description=ch, indent=False, layout=auto) for ch in letters)
+        return (widgets.ToggleButtons(options=list(letters), index=None),)
 
     def answer(self, value: Any) -> None:
         """Fill in an answer: choice index or letter (a list of them for multi), a bool, or text."""
