@@ -80,9 +80,20 @@ class Namespace:
 
     def queue_depth(self, queue: str | None = None) -> int:
         """Messages waiting on the broker in ``queue`` (default: the namespace's), not yet delivered to a
-        worker: a passive declare, so it works alike on Redis (prefix included) and RabbitMQ."""
+        worker. On Redis: the lengths of the prefixed list and its priority lists (kombu's own passive
+        declare does not apply ``global_keyprefix`` to EXISTS, so it reports every queue missing); on
+        RabbitMQ: a passive declare."""
+        queue = queue or self.queue
+        if self.broker.is_redis:
+            client = redis.Redis.from_url(self.broker.url, socket_timeout=2)
+            with contextlib.closing(client):
+                names = [queue] + [f"{queue}\x06\x16{pri}" for pri in (3, 6, 9)]  # kombu's priority lists
+                return sum(client.llen(f"{self.name}:{name}") for name in names)
         with self.app("depth").connection_for_write() as conn:
-            return conn.default_channel.queue_declare(queue or self.queue, passive=True).message_count
+            try:
+                return conn.default_channel.queue_declare(queue, passive=True).message_count
+            except conn.channel_errors:
+                return 0
 
     def app(self, main: str = "celerylab") -> Celery:
         """A bare app on this namespace: for sending by task name, remote control and events."""

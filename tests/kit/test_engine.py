@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import signal
 import textwrap
+import time
+from datetime import datetime, timedelta, timezone
 
 import httpx
 import pytest
+from celery import Celery
+from celery.schedules import crontab
 
 from celerylab import runtime
 from celerylab.brokers import open_broker
+from celerylab.cron import fire_times
 from celerylab.namespaces import Namespace
 from celerylab.stubs import ScriptedHTTPServer
 from celerylab.timeline import Recorder
@@ -173,3 +178,30 @@ def test_sigterm_to_the_owner_kills_its_children(tmp_path, folder, no_orphans):
     assert owner.stdout.readline().strip() == "ready"
     owner.send_signal(signal.SIGTERM)
     owner.wait(timeout=20)
+
+
+def test_a_paused_worker_leaves_messages_on_the_broker(ns, folder):
+    with start_worker(ns, folder, concurrency=1) as worker:
+        worker.pause_queue()
+        assert not worker.consuming()
+        result = ns.app().send_task("tasks.add", (1, 2))
+        deadline = time.monotonic() + 10
+        while ns.queue_depth() != 1:
+            assert time.monotonic() < deadline, "the message never showed up in the queue"
+            time.sleep(0.05)
+        worker.resume_queue()
+        assert result.get(timeout=10) == 3 and ns.queue_depth() == 0
+
+
+def test_fire_times_replays_beat_without_waiting():
+    app = Celery("cron", set_as_current=False)
+    app.conf.timezone = "UTC"
+    monday = datetime(2026, 1, 5, tzinfo=timezone.utc)
+    nightly = fire_times(crontab(minute=0, hour=1), monday, monday + timedelta(days=2), app)
+    assert nightly == [monday + timedelta(hours=1), monday + timedelta(days=1, hours=1)]
+    weekdays = fire_times(crontab(minute="*/15", day_of_week="mon-fri"), monday, monday + timedelta(days=7), app)
+    # start counts as the last run (as beat's first tick does), so Monday 00:00 itself is not repeated
+    assert weekdays[0] == monday + timedelta(minutes=15) and len(weekdays) == 5 * 24 * 4 - 1
+    assert all(t.weekday() < 5 and t.minute % 15 == 0 for t in weekdays)
+    every_30s = fire_times(30, monday, monday + timedelta(minutes=5), app, step=timedelta(seconds=10))
+    assert [t - monday for t in every_30s] == [timedelta(seconds=s) for s in range(30, 300, 30)]
