@@ -69,14 +69,13 @@ class Namespace:
         """Worker settings under which a killed worker's unacked messages come back within seconds.
 
         Redis only sweeps them back after ``visibility_timeout`` (1 h by default), every 10 x 10 s (see
-        FACTS); a worker's ``settings`` replace the kit's, so the namespace's key prefix is kept here.
+        FACTS). A worker's transport options merge with the kit's, so the namespace's key prefix stays.
         RabbitMQ redelivers when the dead consumer's channel closes: nothing to set there.
         """
         if not self.broker.is_redis:
             return {}
-        fast = {"visibility_timeout": visibility_timeout, "unacked_restore_interval": 1,
-                "unacked_restore_throttle": 1}  # fmt: skip
-        return {"broker_transport_options": {**self.config()["broker_transport_options"], **fast}}
+        return {"broker_transport_options": {"visibility_timeout": visibility_timeout,
+                                             "unacked_restore_interval": 1, "unacked_restore_throttle": 1}}
 
     def queue_depth(self, queue: str | None = None) -> int:
         """Messages waiting on the broker in ``queue`` (default: the namespace's), not yet delivered to a

@@ -48,13 +48,18 @@ def find_app(module: ModuleType) -> Celery:
     )
 
 
+def merge_settings(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``extra`` over ``base``: transport options merge key by key (so a prefix survives), the rest replace."""
+    merged = {**base, **extra}
+    for key in MERGED:
+        if key in base and key in extra:
+            merged[key] = {**(base[key] or {}), **(extra[key] or {})}
+    return merged
+
+
 def apply_config(app: Celery, config: dict[str, Any]) -> None:
     """Lay the kit's settings over the learner's: transport options merge, the rest replace."""
-    merged = dict(config)
-    for key in MERGED:
-        if key in config:
-            merged[key] = {**(app.conf.get(key) or {}), **config[key]}
-    app.conf.update(merged)
+    app.conf.update(merge_settings({key: app.conf.get(key) for key in MERGED}, config))
 
 
 def load_tasks(folder: Path | str, config: dict[str, Any], module: str = "tasks") -> tuple[ModuleType, Celery]:

@@ -187,9 +187,9 @@ class Timeline:
                 for a in (a for a in hit if e.get("killed_pid") in (None, a.pid)):
                     a.end, a.outcome, a.exception = e.timestamp, "lost", "its process was killed (SIGKILL)"
             elif e.type == ATTEMPT_START:
-                for a in out:
-                    if a.outcome == "running" and a.pid == e.get("pid"):
-                        a.outcome = "lost"  # its process started something else: it died mid-task
+                for a in out:  # unfinished, and its process moved on or its message came back: it died
+                    if a.outcome == "running" and (a.pid == e.get("pid") or e.get("redelivered")):
+                        a.outcome = "lost"
                 out.append(Attempt(uuid, name, len(out) + 1, e.timestamp, None, "running", e.hostname,
                                    e.get("pid"), redelivered=bool(e.get("redelivered")),
                                    eta=etas[len(out)] if len(out) < len(etas) else None))  # fmt: skip

@@ -43,7 +43,7 @@ class _Process:
         self.ns = ns
         self.folder = Path(folder).resolve()
         self.module = module
-        self.settings = {**ns.config(), **(settings or {})}
+        self.settings = runtime.merge_settings(ns.config(), settings or {})
         self.log_path = log_path or Path(tempfile.mkdtemp(prefix="celerylab-")) / f"{self.kind}.log"
         self.proc = None
 
