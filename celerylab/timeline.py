@@ -198,8 +198,8 @@ class Timeline:
                 if a is not None:
                     a.end, a.exception = e.timestamp, e.get("exception")
                     a.outcome = OUTCOME.get(e.get("state"), str(e.get("state")).lower())
-            elif e.type == "task-failed":
-                a = next((a for a in out if a.outcome == "running"), None)
+            elif e.type == "task-failed":  # "none": a hard time limit stops the process before it has a state
+                a = next((a for a in out if a.outcome in ("running", "none")), None)
                 if a is not None and e.timestamp >= a.start:  # the process was killed: no end of its own
                     a.end, a.outcome, a.exception = e.timestamp, "failure", e.get("exception")
         return out

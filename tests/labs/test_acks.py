@@ -25,7 +25,8 @@ CRASH_SECONDS = 2.0  # how long the tasks on the crashed worker run
 REDELIVERY_BOUND = 15.0  # kill -> redelivered task finished (Redis: ~4-6 s, RabbitMQ: ~1.5 s), with margin
 LATE_MARGIN = 2.5  # after the report came back: time for a late-acked sms to come back in the same sweep
 SOFT, HARD, CRUNCH_HARD = 1.0, 2.0, 1.0
-LIMIT_SLACK = 0.8
+LIMIT_SLACK = 0.8  # event delivery and a loaded machine
+SOFT_SLACK = 0.9  # the soft-limit attempt also makes the cleanup call (a new httpx client: ~0.1-0.4 s)
 
 
 def started(tl: Timeline, uuid: str) -> bool:
@@ -201,10 +202,12 @@ def test_soft_limit_runs_the_cleanup(lab, worker, http_stub):
     first = tries[0] if tries else None
     error = (first.exception or "") if first else ""
     ran = f"; it ran {first.duration:.1f} s" if first and first.duration else ""
-    expect(first is not None and first.duration is not None and first.duration <= SOFT + LIMIT_SLACK,
+    hard_kill = error_of(result).startswith("TimeLimitExceeded")  # the 2 s backstop, not the soft limit
+    expect(first is not None and first.duration is not None and first.duration <= SOFT + SOFT_SLACK
+           and not hard_kill,
            "export_csv must be interrupted by a 1 s soft time limit.",
            expected=f"the attempt ends after ~{SOFT:g} s (SoftTimeLimitExceeded raised inside it)",
-           observed=summary(tl, result.id) + ran,
+           observed=summary(tl, result.id) + ran + ("; the hard limit killed it" * hard_kill),
            hint="soft_time_limit=1 on the task. The cheat sheet is wrong: the exception is "
                 "celery.exceptions.SoftTimeLimitExceeded, not TimeoutError.")  # fmt: skip
     hits = http_stub.wait_hits("/cleanup", 1, 2.0)
