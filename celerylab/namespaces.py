@@ -101,6 +101,10 @@ class Namespace:
         self._apps.append(app)
         return app
 
+    def adopt(self, app: Celery) -> None:
+        """Close ``app`` (e.g. the learner's, imported by the grader) along with the namespace's own."""
+        self._apps.append(app)
+
     def cleanup(self) -> None:
         """Delete what the namespace left on the broker and backend; never raises."""
         for app in self._apps:

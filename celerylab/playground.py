@@ -15,6 +15,7 @@ timeline so a plot shows only the latest run.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import tempfile
 import textwrap
 import time
@@ -33,7 +34,8 @@ class Playground:
     def __init__(self, folder: str | Path | None = None, broker: str | None = None, label: str = "notebook"):
         self._stack = contextlib.ExitStack()
         self.broker = self._stack.enter_context(open_broker(broker))
-        self.folder = Path(folder).resolve() if folder else Path(tempfile.mkdtemp(prefix="celerylab-nb-"))
+        self._scratch = Path(tempfile.mkdtemp(prefix="celerylab-nb-"))  # logs, and tasks.py unless a folder is given
+        self.folder = Path(folder).resolve() if folder else self._scratch
         self.label = label
         self.session: LabSession | None = None
         self.run: LabRun | None = None
@@ -53,7 +55,7 @@ class Playground:
     def start(self, concurrency: int = 2, deadline: float = 120.0, **worker_options: Any) -> Worker:
         """(Re)load tasks.py in a fresh namespace and start one real worker on it."""
         self._close_session()
-        self.session = LabSession(self.label, self.folder, self.broker, Path(tempfile.mkdtemp(prefix="celerylab-logs-")))
+        self.session = LabSession(self.label, self.folder, self.broker, self._scratch / "logs")
         self.run = LabRun(self.session, deadline)
         return self.session.worker(concurrency=concurrency, **worker_options)
 
@@ -98,3 +100,4 @@ class Playground:
     def close(self) -> None:
         self._close_session()
         self._stack.close()
+        shutil.rmtree(self._scratch, ignore_errors=True)

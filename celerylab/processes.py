@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -66,12 +67,28 @@ def kill_group(proc: subprocess.Popen, sig: int = signal.SIGKILL, wait: float = 
         _live.pop(proc.pid, None)
 
 
-def _reap_group(pgid: int) -> None:
-    """SIGKILL whatever is left in the group (e.g. prefork children orphaned by a dead parent)."""
+def _reap_group(pgid: int, timeout: float = 3.0) -> None:
+    """SIGKILL whatever is left in the group (e.g. prefork children orphaned by a dead parent) and wait
+    until none of it runs any more, so "stopped" means stopped when this returns."""
     try:
         os.killpg(pgid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
-        pass
+        return
+    deadline = time.monotonic() + timeout
+    while _running_in_group(pgid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def _running_in_group(pgid: int) -> bool:
+    """Any live (not zombie) process in the group? Read from /proc: killpg(pgid, 0) counts zombies."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
 
 
 def kill_all() -> None:

@@ -125,7 +125,8 @@ class LabSession:
         """The learner's module imported here, configured for this namespace (after the probe passed)."""
         self.require_import()
         if self._module is None:
-            self._module, _ = runtime.load_tasks(self.folder, self.ns.config())
+            self._module, app = runtime.load_tasks(self.folder, self.ns.config())
+            self.ns.adopt(app)  # closed, and its result subscriptions dropped, with the namespace
         return self._module
 
     # -- workers ----------------------------------------------------------------------------------

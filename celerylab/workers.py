@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -44,7 +45,8 @@ class _Process:
         self.folder = Path(folder).resolve()
         self.module = module
         self.settings = runtime.merge_settings(ns.config(), settings or {})
-        self.log_path = log_path or Path(tempfile.mkdtemp(prefix="celerylab-")) / f"{self.kind}.log"
+        self._own_dir = None if log_path else Path(tempfile.mkdtemp(prefix="celerylab-"))  # removed by stop()
+        self.log_path = log_path or self._own_dir / f"{self.kind}.log"
         self.proc = None
 
     def _spawn(self, argv: Sequence[str]) -> None:
@@ -75,6 +77,10 @@ class _Process:
         """Cold stop: SIGKILL to the whole group (main process and pool children)."""
         if self.proc is not None:
             processes.kill_group(self.proc, signal.SIGKILL)
+
+    def _forget_own_dir(self) -> None:
+        if self._own_dir is not None:
+            shutil.rmtree(self._own_dir, ignore_errors=True)
 
     def _died(self, what: str) -> WorkerError:
         code = self.proc.returncode if self.proc else None
@@ -210,20 +216,19 @@ class Worker(_Process):
 
     def stop(self, warm: bool = False, timeout: float = 15.0) -> None:
         """Cold by default (fast); ``warm=True`` sends SIGTERM so running tasks may finish first."""
-        if self.proc is None:
-            return
-        if warm and self.alive:
+        if self.proc is not None and warm and self.alive:
             os.kill(self.proc.pid, signal.SIGTERM)
             with contextlib.suppress(Exception):
                 self.proc.wait(timeout=timeout)
         self.kill()
+        self._forget_own_dir()
 
 
 class Beat(_Process):
     kind = "beat"
 
     def start(self, ready_timeout: float = READY_TIMEOUT) -> Beat:
-        schedule = self.log_path.parent / "celerybeat-schedule"
+        schedule = self.log_path.with_suffix(".schedule")  # one per beat: two beats never share a file
         self._spawn(["beat", "-s", str(schedule), "--pidfile=", "-l", "INFO", "--max-interval", "1"])
         deadline = time.monotonic() + ready_timeout
         while "beat: Starting..." not in self.log():
@@ -237,6 +242,7 @@ class Beat(_Process):
 
     def stop(self) -> None:
         self.kill()
+        self._forget_own_dir()
 
 
 @contextlib.contextmanager

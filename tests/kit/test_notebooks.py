@@ -26,6 +26,15 @@ def test_notebook_executes(path: Path, tmp_path, monkeypatch, no_orphans):
     client.execute()
     errors = [o for cell in nb.cells for o in cell.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors, errors
+    assert not widget_errors(nb), widget_errors(nb)
+
+
+def widget_errors(nb) -> list[dict]:
+    """Errors inside widgets: ipywidgets catches an exception in an interact callback and keeps it in the
+    Output widget's saved state, so the cell itself shows none."""
+    state = nb.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {}).get("state", {})
+    return [o for model in state.values() for o in model.get("state", {}).get("outputs", [])
+            if o.get("output_type") == "error"]  # fmt: skip
 
 
 def test_every_notebook_is_named_for_a_cheat_sheet_section():
