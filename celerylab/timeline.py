@@ -201,7 +201,7 @@ class Timeline:
             elif e.type == "task-failed":  # "none": a hard time limit stops the process before it has a state
                 a = next((a for a in out if a.outcome in ("running", "none")), None)
                 if a is not None and e.timestamp >= a.start:  # the process was killed: no end of its own
-                    a.end, a.outcome, a.exception = e.timestamp, "failure", e.get("exception")
+                    a.end, a.outcome, a.exception = e.timestamp, "failure", _exception_of(e)
         return out
 
     def gaps(self, uuid: str) -> list[float]:
@@ -283,3 +283,13 @@ class Timeline:
         ax.figure.tight_layout()
         ax.set_title(title or "task attempts per worker process")
         return ax
+
+
+def _exception_of(event: Event) -> str | None:
+    """The error of a ``task-failed`` event. When the main process records it (a time limit, a lost
+    worker) ``exception`` is just ``ExceptionWithTraceback()``; the traceback's last line names it."""
+    exception = event.get("exception")
+    if exception and exception.startswith("ExceptionWithTraceback") and event.get("traceback"):
+        lines = [line for line in event.get("traceback").splitlines() if line.strip()]
+        return lines[-1].strip() if lines else exception
+    return exception
