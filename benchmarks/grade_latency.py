@@ -36,21 +36,45 @@ def floor(broker_url: str, backend_url: str) -> float:
     """Seconds from spawning a bare prefork worker to its first ping reply, plus one task round trip."""
     queue = f"bench-{os.getpid()}-{time.monotonic_ns()}"
     with tempfile.TemporaryDirectory() as folder:
-        Path(folder, "tasks.py").write_text(textwrap.dedent(f"""
+        Path(folder, "tasks.py").write_text(
+            textwrap.dedent(f"""
             from celery import Celery
             app = Celery("bench", broker={broker_url!r}, backend={backend_url!r})
             app.conf.task_default_queue = {queue!r}
             @app.task
             def add(x, y):
                 return x + y
-        """))
+        """)
+        )
         client = Celery("bench", broker=broker_url, backend=backend_url, set_as_current=False)
         client.conf.task_default_queue = queue
         host = f"bench@{queue}"
         begun = time.monotonic()
-        proc = subprocess.Popen([sys.executable, "-m", "celery", "-A", "tasks", "worker", "-P", "prefork", "-c", "1",
-                                 "-n", host, "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "WARNING"],
-                                cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "tasks",
+                "worker",
+                "-P",
+                "prefork",
+                "-c",
+                "1",
+                "-n",
+                host,
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                "-l",
+                "WARNING",
+            ],
+            cwd=folder,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         try:
             while not client.control.ping(destination=[host], timeout=0.1):
                 if proc.poll() is not None:
@@ -67,8 +91,24 @@ def grade(lab: str, broker: str) -> dict:
     with tempfile.TemporaryDirectory() as reports:
         env = {**os.environ, "CELERYLAB_HOME": reports}
         begun = time.monotonic()
-        done = subprocess.run([sys.executable, "-m", "celerylab.cli", "grade", lab, "--solutions", "--broker", broker,
-                               "--report-dir", reports], cwd=ROOT, env=env, capture_output=True, text=True)  # fmt: skip
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "celerylab.cli",
+                "grade",
+                lab,
+                "--solutions",
+                "--broker",
+                broker,
+                "--report-dir",
+                reports,
+            ],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         total = time.monotonic() - begun
         report = json.loads(Path(reports, f"{lab}.json").read_text())
     if report["score"] != report["max_score"]:
@@ -92,13 +132,19 @@ def main() -> None:
     base = statistics.median(floors)
     print(f"broker: {args.broker}; floor (bare worker start to first ping + one round trip): {base:.2f} s")
     cols = ("broker_start", "session_setup", "worker_start", "tests", "teardown", "other")
-    print(f"{'lab':<12} {'grade':>6}  " + " ".join(f"{c:>13}" for c in cols) + f" {'waiting':>8} {'ratio':>6}")
+    print(
+        f"{'lab':<12} {'grade':>6}  " + " ".join(f"{c:>13}" for c in cols) + f" {'waiting':>8} {'ratio':>6}"
+    )
     for name in names:
         runs = sorted((grade(name, args.broker) for _ in range(args.runs)), key=lambda r: r["total"])
         run = runs[len(runs) // 2]
         ratio = run["total"] / (base + run["waiting"])
-        print(f"{name:<12} {run['total']:6.1f}  " + " ".join(f"{run['phases'].get(c, 0):13.2f}" for c in cols)
-              + f" {run['waiting']:8.1f} {ratio:6.2f}" + ("" if ratio <= 2 else "  (over the 2x target)"))  # fmt: skip
+        print(
+            f"{name:<12} {run['total']:6.1f}  "
+            + " ".join(f"{run['phases'].get(c, 0):13.2f}" for c in cols)
+            + f" {run['waiting']:8.1f} {ratio:6.2f}"
+            + ("" if ratio <= 2 else "  (over the 2x target)")
+        )
 
 
 if __name__ == "__main__":

@@ -164,8 +164,21 @@ def embedded_valkey(origin: str = "embedded", ready_timeout: float = 10.0) -> It
     """A private Valkey server: loopback only, free port, temp dir, no persistence; gone on exit."""
     workdir = Path(tempfile.mkdtemp(prefix="celerylab-valkey-"))
     port = free_port()
-    argv = [str(valkey_binary()), "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-            "--appendonly", "no", "--dir", str(workdir), "--protected-mode", "yes"]  # fmt: skip
+    argv = [
+        str(valkey_binary()),
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(workdir),
+        "--protected-mode",
+        "yes",
+    ]
     proc = processes.spawn(argv, log_path=workdir / "valkey.log", cwd=workdir)
     url = f"redis://127.0.0.1:{port}/0"
     try:

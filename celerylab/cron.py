@@ -16,8 +16,9 @@ from celery import Celery
 from celery.schedules import maybe_schedule
 
 
-def fire_times(schedule: Any, start: datetime, end: datetime, app: Celery,
-               step: timedelta = timedelta(minutes=1)) -> list[datetime]:  # fmt: skip
+def fire_times(
+    schedule: Any, start: datetime, end: datetime, app: Celery, step: timedelta = timedelta(minutes=1)
+) -> list[datetime]:
     """The instants in [start, end) at which beat, ticking every ``step`` from ``start`` (its first
     ``last_run_at``), would find ``schedule`` due. ``schedule`` is a beat_schedule value: a crontab, a
     number of seconds or a timedelta; it is read in ``app``'s timezone and left untouched."""

@@ -40,14 +40,17 @@ _BROKER = pytest.StashKey[dict[str, float]]()
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("celerylab", "celerylab grading")
     group.addoption("--target", default="labs", help="grade labs/ (default), solutions/, or a folder PATH")
-    group.addoption("--broker", default=None,
-                    help="auto | embedded | redis | rabbitmq | a redis:// or amqp:// URL")  # fmt: skip
+    group.addoption(
+        "--broker", default=None, help="auto | embedded | redis | rabbitmq | a redis:// or amqp:// URL"
+    )
     group.addoption("--report-dir", default=None, help="where <lab>.json grade reports are written")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "points(n): what an autograder test is worth (default 1)")
-    config.addinivalue_line("markers", f"deadline(seconds): an autograder test's budget (default {DEFAULT_DEADLINE:.0f})")
+    config.addinivalue_line(
+        "markers", f"deadline(seconds): an autograder test's budget (default {DEFAULT_DEADLINE:.0f})"
+    )
     config.stash[_REPORTS] = {}
     config.stash[_BROKER] = {}
 
@@ -150,17 +153,28 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         return
     if rep.when == "call" or rep.failed:
         message = _message(call) if rep.failed else ""
-        if rep.failed and call.excinfo is not None and call.excinfo.errisinstance(VERDICTS + (AssertionError,)):
+        if (
+            rep.failed
+            and call.excinfo is not None
+            and call.excinfo.errisinstance(VERDICTS + (AssertionError,))
+        ):
             rep.longrepr = message
         run = item.stash.get(_RUN, None)
         log = run.session.logs(since=time.time() - rep.duration - 1) if (run and rep.failed) else ""
         if log:
             rep.sections.append(("celerylab worker logs", log))
         title = (getattr(item.obj, "__doc__", None) or item.name).strip().splitlines()[0]
-        result = TestResult(id=item.nodeid, title=title, max_points=_points(item),
-                            points=0.0 if rep.failed else _points(item), status="fail" if rep.failed else "pass",
-                            message=message, duration=round(rep.duration, 3),
-                            backoff_wait=round(run.backoff_wait, 3) if run else 0.0, log=log[-3000:])  # fmt: skip
+        result = TestResult(
+            id=item.nodeid,
+            title=title,
+            max_points=_points(item),
+            points=0.0 if rep.failed else _points(item),
+            status="fail" if rep.failed else "pass",
+            message=message,
+            duration=round(rep.duration, 3),
+            backoff_wait=round(run.backoff_wait, 3) if run else 0.0,
+            log=log[-3000:],
+        )
         report = _report(item.config, lab_name(Path(item.fspath)))
         report.tests = [t for t in report.tests if t.id != item.nodeid] + [result]
 
@@ -203,5 +217,9 @@ def write_score_table(tr, report: GradeReport) -> None:
         for line in t.message.splitlines()[:25]:
             tr.write_line(f"         {line}")
     full = report.full_marks
-    tr.write_line(f"Score: {report.score:g}/{report.max_score:g}" + ("  — full marks!" if full else ""),
-                  green=full, red=not full, bold=True)  # fmt: skip
+    tr.write_line(
+        f"Score: {report.score:g}/{report.max_score:g}" + ("  — full marks!" if full else ""),
+        green=full,
+        red=not full,
+        bold=True,
+    )

@@ -48,15 +48,20 @@ def score_answer(term: Terminal, q: Question, answer: str, elapsed: float, time_
     """Show time, key points hit and missed, and the model answer; True if it counts as a pass."""
     late = elapsed > time_limit
     if late:
-        term.say(f"Answered in {fmt_duration(elapsed)}: LATE (limit {fmt_duration(time_limit)}). "
-                 "Scored below, but a late answer never counts as a pass.", style="bold yellow")  # fmt: skip
+        term.say(
+            f"Answered in {fmt_duration(elapsed)}: LATE (limit {fmt_duration(time_limit)}). "
+            "Scored below, but a late answer never counts as a pass.",
+            style="bold yellow",
+        )
     else:
         term.say(f"Answered in {fmt_duration(elapsed)} (limit {fmt_duration(time_limit)}).", style="dim")
     hit, missed = q.grade_text(answer)
     passed = len(hit) >= q.min_points and not late
     verdict = "pass" if passed else "not yet"
-    term.say(f"Key points: {len(hit)}/{len(q.key_points)} (pass mark {q.min_points}): {verdict}.",
-             style="bold green" if passed else "bold red")  # fmt: skip
+    term.say(
+        f"Key points: {len(hit)}/{len(q.key_points)} (pass mark {q.min_points}): {verdict}.",
+        style="bold green" if passed else "bold red",
+    )
     for kp in hit:
         term.say(f"  + {kp.point}", style="green")
     for kp in missed:
@@ -139,8 +144,10 @@ def run_interview(
     if answered < len(questions):
         term.say("Stopped early.", style="yellow")
     term.say()
-    term.say(f"Interview over: {passed}/{answered} answers passed; key points {points}/{max_points}; "
-             f"{late} late.", style="bold")  # fmt: skip
+    term.say(
+        f"Interview over: {passed}/{answered} answers passed; key points {points}/{max_points}; {late} late.",
+        style="bold",
+    )
     return 0
 
 

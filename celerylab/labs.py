@@ -19,8 +19,15 @@ from pathlib import Path
 
 from celerylab.paths import kit_root
 
-REQUIRED = {"title": str, "order": int, "sections": list, "expected_seconds": (int, float),
-            "notebook": str, "quiz": str, "hints": list}  # fmt: skip
+REQUIRED = {
+    "title": str,
+    "order": int,
+    "sections": list,
+    "expected_seconds": (int, float),
+    "notebook": str,
+    "quiz": str,
+    "hints": list,
+}
 
 
 class CatalogueError(ValueError):
@@ -65,10 +72,17 @@ def load_lab(path: Path, root: Path | None = None) -> Lab:
             raise CatalogueError(f"{path}: `{key}` has the wrong type ({type(data[key]).__name__})")
     if not data["hints"] or not all(isinstance(h, str) and h.strip() for h in data["hints"]):
         raise CatalogueError(f"{path}: `hints` must be a non-empty list of texts")
-    return Lab(name=path.parent.name, title=data["title"], order=data["order"],
-               sections=tuple(data["sections"]), expected_seconds=float(data["expected_seconds"]),
-               notebook=data["notebook"], quiz=data["quiz"],
-               hints=tuple(" ".join(h.split()) for h in data["hints"]), root=root)  # fmt: skip
+    return Lab(
+        name=path.parent.name,
+        title=data["title"],
+        order=data["order"],
+        sections=tuple(data["sections"]),
+        expected_seconds=float(data["expected_seconds"]),
+        notebook=data["notebook"],
+        quiz=data["quiz"],
+        hints=tuple(" ".join(h.split()) for h in data["hints"]),
+        root=root,
+    )
 
 
 def catalogue(root: Path | None = None) -> list[Lab]:

@@ -74,8 +74,13 @@ class Namespace:
         """
         if not self.broker.is_redis:
             return {}
-        return {"broker_transport_options": {"visibility_timeout": visibility_timeout,
-                                             "unacked_restore_interval": 1, "unacked_restore_throttle": 1}}
+        return {
+            "broker_transport_options": {
+                "visibility_timeout": visibility_timeout,
+                "unacked_restore_interval": 1,
+                "unacked_restore_throttle": 1,
+            }
+        }
 
     def queue_depth(self, queue: str | None = None) -> int:
         """Messages waiting on the broker in ``queue`` (default: the namespace's), not yet delivered to a
@@ -128,8 +133,12 @@ class Namespace:
             for queue in sorted(self._queues):
                 with contextlib.suppress(Exception):
                     channel.queue_delete(queue)
-            for exchange in (self.queue, f"{self.name}.ev", f"{self.name}.ctl.pidbox",
-                             f"reply.{self.name}.ctl.pidbox"):  # fmt: skip
+            for exchange in (
+                self.queue,
+                f"{self.name}.ev",
+                f"{self.name}.ctl.pidbox",
+                f"reply.{self.name}.ctl.pidbox",
+            ):
                 with contextlib.suppress(Exception):
                     channel = conn.channel()
                     channel.exchange_delete(exchange)

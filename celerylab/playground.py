@@ -34,7 +34,9 @@ class Playground:
     def __init__(self, folder: str | Path | None = None, broker: str | None = None, label: str = "notebook"):
         self._stack = contextlib.ExitStack()
         self.broker = self._stack.enter_context(open_broker(broker))
-        self._scratch = Path(tempfile.mkdtemp(prefix="celerylab-nb-"))  # logs, and tasks.py unless a folder is given
+        self._scratch = Path(
+            tempfile.mkdtemp(prefix="celerylab-nb-")
+        )  # logs, and tasks.py unless a folder is given
         self.folder = Path(folder).resolve() if folder else self._scratch
         self.label = label
         self.session: LabSession | None = None
@@ -89,7 +91,10 @@ class Playground:
 
     def wait(self, results: AsyncResult | list[AsyncResult], timeout: float = 60.0) -> None:
         run = self._run()
-        run.deadline, run.deadline_seconds = time.monotonic() + timeout, timeout  # a notebook has no test budget
+        run.deadline, run.deadline_seconds = (
+            time.monotonic() + timeout,
+            timeout,
+        )  # a notebook has no test budget
         run.wait(results, timeout)
 
     def _close_session(self) -> None:

@@ -183,10 +183,12 @@ def choose_pool(
     if unknown:
         return [], f"Unknown topic {', '.join(map(repr, unknown))}. Topics: {', '.join(known)}."
     pool = [
-        q for q in bank
-        if q.kind != "open" and (not topic_names or q.topic in topic_names)
+        q
+        for q in bank
+        if q.kind != "open"
+        and (not topic_names or q.topic in topic_names)
         and (not sections or q.section in sections)
-    ]  # fmt: skip
+    ]
     if not pool:
         return [], "No quiz questions match those topics and sections (sections are 0-17)."
     return pool, None

@@ -73,11 +73,15 @@ class QuizWidget(widgets.VBox):
             self.check_button.disabled = self.next_button.disabled = True
             return
         where = "answer template" if q.section == 0 else f"§{q.section}"
-        self.header.value = (f"<small>Question {self.index + 1}/{len(self.questions)} · {q.id} · {where} · "
-                             f"difficulty {q.difficulty}/3</small>")  # fmt: skip
+        self.header.value = (
+            f"<small>Question {self.index + 1}/{len(self.questions)} · {q.id} · {where} · "
+            f"difficulty {q.difficulty}/3</small>"
+        )
         code = f"<pre>{html.escape(q.code)}</pre>" if q.code else ""
-        choices = "".join(f"<div>{letter}) {html.escape(reflow(c))}</div>"
-                          for letter, c in zip(string.ascii_lowercase, q.choices, strict=False))  # fmt: skip
+        choices = "".join(
+            f"<div>{letter}) {html.escape(reflow(c))}</div>"
+            for letter, c in zip(string.ascii_lowercase, q.choices, strict=False)
+        )
         self.prompt.value = f"<p><b>{html.escape(reflow(q.prompt))}</b></p>{code}{choices}"
         self.inputs.children = self._input_widgets(q)
         self.check_button.disabled, self.next_button.disabled = False, True

@@ -55,8 +55,11 @@ class GradeReport:
         data = asdict(self)
         for test in data["tests"]:
             test["message"] = test["message"][:MESSAGE_LIMIT]
-        data.update(score=self.score, max_score=self.max_score,
-                    backoff_wait=round(sum(t.backoff_wait for t in self.tests), 3))  # fmt: skip
+        data.update(
+            score=self.score,
+            max_score=self.max_score,
+            backoff_wait=round(sum(t.backoff_wait for t in self.tests), 3),
+        )
         return data
 
     def write(self, path: Path) -> None:
@@ -77,6 +80,13 @@ class GradeReport:
         """The Gradescope autograder results.json shape, for instructors who grade there."""
         return {
             "score": self.score,
-            "tests": [{"name": t.title, "score": t.points, "max_score": t.max_points,
-                       "output": t.message or "passed"} for t in self.tests],  # fmt: skip
+            "tests": [
+                {
+                    "name": t.title,
+                    "score": t.points,
+                    "max_score": t.max_points,
+                    "output": t.message or "passed",
+                }
+                for t in self.tests
+            ],
         }

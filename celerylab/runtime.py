@@ -26,9 +26,23 @@ PROBE_MARK = "celerylab-probe: "
 ATTEMPT_START = "celerylab-start"  # sent from the pool process; see celerylab.timeline
 ATTEMPT_END = "celerylab-end"
 MERGED = ("broker_transport_options", "result_backend_transport_options")
-TASK_OPTIONS = ("autoretry_for", "dont_autoretry_for", "max_retries", "retry_backoff", "retry_backoff_max",
-                "retry_jitter", "default_retry_delay", "acks_late", "reject_on_worker_lost", "time_limit",
-                "soft_time_limit", "rate_limit", "ignore_result", "queue", "typing")  # fmt: skip
+TASK_OPTIONS = (
+    "autoretry_for",
+    "dont_autoretry_for",
+    "max_retries",
+    "retry_backoff",
+    "retry_backoff_max",
+    "retry_jitter",
+    "default_retry_delay",
+    "acks_late",
+    "reject_on_worker_lost",
+    "time_limit",
+    "soft_time_limit",
+    "rate_limit",
+    "ignore_result",
+    "queue",
+    "typing",
+)
 
 
 class LabAppError(Exception):
@@ -49,7 +63,7 @@ def find_app(module: ModuleType) -> Celery:
 
 
 def merge_settings(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    """``extra`` over ``base``: transport options merge key by key (so a prefix survives), the rest replace."""
+    """``extra`` over ``base``: transport options merge key by key (a prefix survives), the rest replace."""
     merged = {**base, **extra}
     for key in MERGED:
         if key in base and key in extra:
@@ -62,7 +76,9 @@ def apply_config(app: Celery, config: dict[str, Any]) -> None:
     app.conf.update(merge_settings({key: app.conf.get(key) for key in MERGED}, config))
 
 
-def load_tasks(folder: Path | str, config: dict[str, Any], module: str = "tasks") -> tuple[ModuleType, Celery]:
+def load_tasks(
+    folder: Path | str, config: dict[str, Any], module: str = "tasks"
+) -> tuple[ModuleType, Celery]:
     """Import ``folder/module.py`` fresh (a previous lab's ``tasks`` is forgotten) and configure its app."""
     folder = str(Path(folder).resolve())
     sys.modules.pop(module, None)
@@ -101,8 +117,12 @@ def probe(folder: str, module: str = "tasks") -> dict[str, Any]:
         _, app = load_tasks(folder, {}, module)
         tasks = {name: describe_options(task) for name, task in user_tasks(app).items()}
     except SyntaxError as exc:
-        return {"ok": False, "kind": "syntax", "line": exc.lineno,
-                "message": f"{path.name} line {exc.lineno}: {exc.msg}" + _caret(exc)}  # fmt: skip
+        return {
+            "ok": False,
+            "kind": "syntax",
+            "line": exc.lineno,
+            "message": f"{path.name} line {exc.lineno}: {exc.msg}" + _caret(exc),
+        }
     except LabAppError as exc:
         return {"ok": False, "kind": "no-app", "message": str(exc)}
     except BaseException as exc:  # the learner's import-time code may raise anything, even SystemExit
@@ -132,8 +152,14 @@ def _attempt_started(task_id: str, task: Any, **_: Any) -> None:
     task.send_event(ATTEMPT_START, redelivered=bool(delivery.get("redelivered")))  # the event carries its pid
 
 
-def _attempt_failed(sender: Any = None, request: Any = None, reason: Any = None, task_id: str | None = None,
-                    exception: BaseException | None = None, **_: Any) -> None:  # fmt: skip
+def _attempt_failed(
+    sender: Any = None,
+    request: Any = None,
+    reason: Any = None,
+    task_id: str | None = None,
+    exception: BaseException | None = None,
+    **_: Any,
+) -> None:
     error = exception if exception is not None else getattr(reason, "exc", None) or reason
     task_id = task_id or getattr(request, "id", None)
     if task_id and error is not None:

@@ -28,7 +28,9 @@ from celerylab.namespaces import Namespace
 from celerylab.timeline import DeadlineExceeded, Recorder, Timeline
 from celerylab.workers import Beat, Worker, WorkerError
 
-PROBE_TIMEOUT = float(os.environ.get("CELERYLAB_PROBE_TIMEOUT", "20"))  # importing tasks.py may not take longer
+PROBE_TIMEOUT = float(
+    os.environ.get("CELERYLAB_PROBE_TIMEOUT", "20")
+)  # importing tasks.py may not take longer
 
 
 class LabFailure(AssertionError):
@@ -82,11 +84,18 @@ class LabSession:
     def _probe(self) -> dict[str, Any]:
         cmd = [sys.executable, "-m", "celerylab.runtime", "probe", str(self.folder)]
         try:
-            out = subprocess.run(cmd, capture_output=True, text=True, timeout=PROBE_TIMEOUT, cwd=self.folder).stdout
+            out = subprocess.run(
+                cmd, capture_output=True, text=True, timeout=PROBE_TIMEOUT, cwd=self.folder
+            ).stdout
         except subprocess.TimeoutExpired:
-            return {"ok": False, "kind": "timeout", "message": (
-                f"importing tasks.py did not finish within {PROBE_TIMEOUT:.0f} s. Is there an infinite loop or "
-                "a blocking call (a network request, input(), a .get() on a result) at module level?")}  # fmt: skip
+            return {
+                "ok": False,
+                "kind": "timeout",
+                "message": (
+                    f"importing tasks.py did not finish within {PROBE_TIMEOUT:.0f} s. Is there an infinite "
+                    "loop or a blocking call (a network request, input(), a result's .get()) at module level?"
+                ),
+            }
         except FileNotFoundError:
             return {"ok": False, "kind": "missing", "message": f"{self.folder} does not exist."}
         for line in reversed(out.splitlines()):
@@ -97,11 +106,13 @@ class LabSession:
     # -- the learner's code ---------------------------------------------------------------------
     def require_import(self) -> None:
         if not self.probe["ok"]:
-            raise LabFailure(verdict(
-                f"{self.folder.name}/tasks.py cannot be loaded, so no task can run.",
-                observed=self.probe["message"],
-                hint="fix this first (run `python tasks.py` in the lab folder to see it), then grade again.",
-            ))  # fmt: skip
+            raise LabFailure(
+                verdict(
+                    f"{self.folder.name}/tasks.py cannot be loaded, so no task can run.",
+                    observed=self.probe["message"],
+                    hint="fix this first (`python tasks.py` in the lab folder shows it), then grade again.",
+                )
+            )
 
     def task_name(self, short: str) -> str:
         """The registered name of the learner's task ``short`` (e.g. ``tasks.fetch``)."""
@@ -111,12 +122,14 @@ class LabSession:
             if name == short or name.rsplit(".", 1)[-1] == short:
                 return name
         found = ", ".join(sorted(n.rsplit(".", 1)[-1] for n in tasks)) or "none"
-        raise LabFailure(verdict(
-            f"MISSING TASK: tasks.py has no Celery task named `{short}`.",
-            expected=f"a function `{short}` decorated with @app.task, as the lab's README says",
-            observed=f"tasks found: {found}",
-            hint="did you misname it, or forget the @app.task decorator?",
-        ))  # fmt: skip
+        raise LabFailure(
+            verdict(
+                f"MISSING TASK: tasks.py has no Celery task named `{short}`.",
+                expected=f"a function `{short}` decorated with @app.task, as the lab's README says",
+                observed=f"tasks found: {found}",
+                hint="did you misname it, or forget the @app.task decorator?",
+            )
+        )
 
     def task_options(self, short: str) -> dict[str, Any]:
         return self.probe["tasks"][self.task_name(short)]
@@ -153,8 +166,13 @@ class LabSession:
             worker.stop()
             raise
         except WorkerError as exc:
-            raise LabFailure(verdict("A worker could not start on your tasks.py.", observed=str(exc),
-                                     hint="read the log above; the line that raised is near its end.")) from None
+            raise LabFailure(
+                verdict(
+                    "A worker could not start on your tasks.py.",
+                    observed=str(exc),
+                    hint="read the log above; the line that raised is near its end.",
+                )
+            ) from None
         finally:
             self.worker_start_seconds += time.monotonic() - begun
         return worker
@@ -166,7 +184,9 @@ class LabSession:
         try:
             beat.start()
         except WorkerError as exc:
-            raise LabFailure(verdict("celery beat could not start on your tasks.py.", observed=str(exc))) from None
+            raise LabFailure(
+                verdict("celery beat could not start on your tasks.py.", observed=str(exc))
+            ) from None
         return beat
 
     def _log_path(self, name: str) -> Path:
@@ -181,7 +201,11 @@ class LabSession:
         """The tails of the logs of processes that were alive after ``since`` (a time.time())."""
         parts = []
         for proc in self._started:
-            if proc.log_path.exists() and proc.log_path.stat().st_mtime >= since and (tail := proc.log_tail(30)):
+            if (
+                proc.log_path.exists()
+                and proc.log_path.stat().st_mtime >= since
+                and (tail := proc.log_tail(30))
+            ):
                 parts.append(f"--- {proc.log_path} ---\n{tail}")
         return "\n".join(parts)
 
@@ -223,10 +247,13 @@ class LabRun:
         try:
             self.timeline.wait_final([r.id for r in results], limit)
         except DeadlineExceeded as exc:
-            raise LabFailure(verdict(
-                f"Gave up waiting ({self.deadline_seconds:.0f} s deadline for this test).", observed=str(exc),
-                hint="a task that never ends usually blocks without a timeout, loops, or was never picked up.",
-            )) from None  # fmt: skip
+            raise LabFailure(
+                verdict(
+                    f"Gave up waiting ({self.deadline_seconds:.0f} s deadline for this test).",
+                    observed=str(exc),
+                    hint="a task that never ends blocks without a timeout, loops, or was never picked up.",
+                )
+            ) from None
         self.backoff_wait += max((sum(self.timeline.gaps(r.id)) for r in results), default=0.0)
 
     def wait_until(self, predicate: Any, what: str, timeout: float | None = None) -> Any:

@@ -15,18 +15,25 @@ messages, so it says nothing about the delay.
 from __future__ import annotations
 
 import threading
-from datetime import datetime
 import time
 import uuid as uuidlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from celery import Celery
 
-STATE_OF = {"task-sent": "PENDING", "task-received": "RECEIVED", "task-started": "STARTED",
-            "task-retried": "RETRY", "task-succeeded": "SUCCESS", "task-failed": "FAILURE",
-            "task-revoked": "REVOKED", "task-rejected": "REJECTED"}  # fmt: skip
+STATE_OF = {
+    "task-sent": "PENDING",
+    "task-received": "RECEIVED",
+    "task-started": "STARTED",
+    "task-retried": "RETRY",
+    "task-succeeded": "SUCCESS",
+    "task-failed": "FAILURE",
+    "task-revoked": "REVOKED",
+    "task-rejected": "REJECTED",
+}
 FINAL = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 MARK = "celerylab-mark"
 ATTEMPT_START, ATTEMPT_END = "celerylab-start", "celerylab-end"  # sent by celerylab.runtime
@@ -117,8 +124,13 @@ class Recorder:
                         raise DeadlineExceeded("the event recorder could not hear the broker") from None
 
     def _on_event(self, raw: dict[str, Any]) -> None:
-        event = Event(raw.get("type", "?"), raw.get("uuid"), float(raw.get("timestamp") or time.time()),
-                      raw.get("hostname", ""), raw)  # fmt: skip
+        event = Event(
+            raw.get("type", "?"),
+            raw.get("uuid"),
+            float(raw.get("timestamp") or time.time()),
+            raw.get("hostname", ""),
+            raw,
+        )
         with self.cond:
             self.events.append(event)
             self.cond.notify_all()
@@ -156,8 +168,11 @@ class Timeline:
     def events(self, type: str | None = None, uuid: str | None = None) -> list[Event]:
         with self.recorder.cond:
             evs = self.recorder.events[self.start :]
-        return [e for e in evs if (type is None or e.type == type) and (uuid is None or e.uuid == uuid)
-                and e.type != MARK]  # fmt: skip
+        return [
+            e
+            for e in evs
+            if (type is None or e.type == type) and (uuid is None or e.uuid == uuid) and e.type != MARK
+        ]
 
     def names(self) -> dict[str, str]:
         return {e.uuid: e.get("name") for e in self.events() if e.uuid and e.get("name")}
@@ -165,7 +180,9 @@ class Timeline:
     def task_ids(self, name: str | None = None) -> list[str]:
         seen: dict[str, None] = {}
         for e in self.events():
-            if e.uuid and (name is None or e.get("name") == name or (e.get("name") or "").endswith(f".{name}")):
+            if e.uuid and (
+                name is None or e.get("name") == name or (e.get("name") or "").endswith(f".{name}")
+            ):
                 seen.setdefault(e.uuid)
         return list(seen)
 
@@ -190,9 +207,20 @@ class Timeline:
                 for a in out:  # unfinished, and its process moved on or its message came back: it died
                     if a.outcome == "running" and (a.pid == e.get("pid") or e.get("redelivered")):
                         a.outcome = "lost"
-                out.append(Attempt(uuid, name, len(out) + 1, e.timestamp, None, "running", e.hostname,
-                                   e.get("pid"), redelivered=bool(e.get("redelivered")),
-                                   eta=etas[len(out)] if len(out) < len(etas) else None))  # fmt: skip
+                out.append(
+                    Attempt(
+                        uuid,
+                        name,
+                        len(out) + 1,
+                        e.timestamp,
+                        None,
+                        "running",
+                        e.hostname,
+                        e.get("pid"),
+                        redelivered=bool(e.get("redelivered")),
+                        eta=etas[len(out)] if len(out) < len(etas) else None,
+                    )
+                )
             elif e.type == ATTEMPT_END:
                 a = next((a for a in reversed(out) if a.pid == e.get("pid") and a.end is None), None)
                 if a is not None:
@@ -239,14 +267,18 @@ class Timeline:
         if not rows:
             return "(no task has started)"
         t0 = min(e.timestamp for e in self.events())
-        lines = [f"{'task':<22} {'try':>3} {'eta':>6} {'start':>6} {'end':>6}  {'outcome':<8} {'process':<16} note"]
+        lines = [
+            f"{'task':<22} {'try':>3} {'eta':>6} {'start':>6} {'end':>6}  {'outcome':<8} {'process':<16} note"
+        ]
         for a in sorted(rows, key=lambda a: a.start):
             end = f"{a.end - t0:6.2f}" if a.end is not None else "     -"
             eta = f"{datetime.fromisoformat(a.eta).timestamp() - t0:6.2f}" if a.eta else "     -"
             who = f"{a.hostname.split('@')[0]}:{a.pid}"
             note = (a.exception or "")[:50] + (" (redelivered)" if a.redelivered else "")
             short = f"{a.name.rsplit('.', 1)[-1]}[{a.uuid[:6]}]"
-            lines.append(f"{short:<22} {a.number:>3} {eta} {a.start - t0:6.2f} {end}  {a.outcome:<8} {who:<16} {note}")
+            lines.append(
+                f"{short:<22} {a.number:>3} {eta} {a.start - t0:6.2f} {end}  {a.outcome:<8} {who:<16} {note}"
+            )
         return "\n".join(lines)
 
     def plot(self, ax: Any = None, title: str | None = None) -> Any:
@@ -255,20 +287,29 @@ class Timeline:
 
         attempts = [a for u in self.task_ids() for a in self.attempts(u)]
         if ax is None:
-            _, ax = plt.subplots(figsize=(10, 1.2 + 0.45 * max(1, len({(a.hostname, a.pid) for a in attempts}))))
+            _, ax = plt.subplots(
+                figsize=(10, 1.2 + 0.45 * max(1, len({(a.hostname, a.pid) for a in attempts})))
+            )
         if not attempts:
             ax.set_title(title or "no task has started yet")
             return ax
         t0 = min(a.start for a in attempts)
         now = max((a.end or time.time()) for a in attempts)
         rows = sorted({(a.hostname, a.pid) for a in attempts}, key=str)
-        colours = {"success": "tab:green", "retry": "tab:orange", "failure": "tab:red",
-                   "running": "tab:blue", "lost": "tab:gray"}  # fmt: skip
+        colours = {
+            "success": "tab:green",
+            "retry": "tab:orange",
+            "failure": "tab:red",
+            "running": "tab:blue",
+            "lost": "tab:gray",
+        }
         for a in attempts:
             y = rows.index((a.hostname, a.pid))
             width = max(0.02, (a.end or now) - a.start)
             ax.barh(y, width, left=a.start - t0, color=colours.get(a.outcome, "tab:gray"), edgecolor="black")
-            ax.text(a.start - t0, y + 0.3, f"{a.name.rsplit('.', 1)[-1]}[{a.uuid[:4]}]#{a.number}", fontsize=7)
+            ax.text(
+                a.start - t0, y + 0.3, f"{a.name.rsplit('.', 1)[-1]}[{a.uuid[:4]}]#{a.number}", fontsize=7
+            )
         for uuid in self.task_ids():
             tries = self.attempts(uuid)
             for a, b in zip(tries, tries[1:], strict=False):
@@ -278,8 +319,15 @@ class Timeline:
         ax.set_yticks(range(len(rows)), [f"{h.split('@')[0]} pid {p}" for h, p in rows])
         ax.set_xlabel("seconds since the first attempt started")
         handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colours.values()]
-        ax.legend(handles, list(colours), loc="upper center", bbox_to_anchor=(0.5, -0.3), fontsize=7, ncols=5,
-                  frameon=False)  # fmt: skip
+        ax.legend(
+            handles,
+            list(colours),
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.3),
+            fontsize=7,
+            ncols=5,
+            frameon=False,
+        )
         ax.figure.tight_layout()
         ax.set_title(title or "task attempts per worker process")
         return ax

@@ -39,8 +39,14 @@ class _Process:
 
     kind = "process"
 
-    def __init__(self, ns: Namespace, folder: Path | str, settings: dict[str, Any] | None = None,
-                 module: str = "tasks", log_path: Path | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        ns: Namespace,
+        folder: Path | str,
+        settings: dict[str, Any] | None = None,
+        module: str = "tasks",
+        log_path: Path | None = None,
+    ) -> None:
         self.ns = ns
         self.folder = Path(folder).resolve()
         self.module = module
@@ -84,7 +90,9 @@ class _Process:
 
     def _died(self, what: str) -> WorkerError:
         code = self.proc.returncode if self.proc else None
-        return WorkerError(f"the {self.kind} {what} (exit code {code}). Its log ends with:\n{self.log_tail()}")
+        return WorkerError(
+            f"the {self.kind} {what} (exit code {code}). Its log ends with:\n{self.log_tail()}"
+        )
 
 
 class Worker(_Process):
@@ -121,9 +129,26 @@ class Worker(_Process):
 
     def spawn(self) -> None:
         """Start the process without waiting: other work can overlap its ~1 s of start-up."""
-        self._spawn(["worker", "-P", self.pool, "-c", str(self.concurrency), "-n", self.hostname,
-                     "-Q", ",".join(self.queues), "-E", "--without-gossip", "--without-mingle",
-                     "--without-heartbeat", "-l", "INFO", *self.extra_args])  # fmt: skip
+        self._spawn(
+            [
+                "worker",
+                "-P",
+                self.pool,
+                "-c",
+                str(self.concurrency),
+                "-n",
+                self.hostname,
+                "-Q",
+                ",".join(self.queues),
+                "-E",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                "-l",
+                "INFO",
+                *self.extra_args,
+            ]
+        )
 
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
         deadline = time.monotonic() + timeout
@@ -212,7 +237,9 @@ class Worker(_Process):
     def busy(self) -> bool:
         """True if the worker holds any task: running, prefetched, or waiting for its ETA."""
         insp = self.inspect()
-        return any((getattr(insp, what)() or {}).get(self.hostname) for what in ("active", "reserved", "scheduled"))
+        return any(
+            (getattr(insp, what)() or {}).get(self.hostname) for what in ("active", "reserved", "scheduled")
+        )
 
     def stop(self, warm: bool = False, timeout: float = 15.0) -> None:
         """Cold by default (fast); ``warm=True`` sends SIGTERM so running tasks may finish first."""

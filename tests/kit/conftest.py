@@ -29,7 +29,9 @@ def kit_processes(mark: str | None = None) -> set[int]:
     pids = set()
     for line in out.splitlines():
         pid, _, args = line.strip().partition(" ")
-        if ("celery" in args and ("worker" in args or "beat" in args) and "-A" in args) or "valkey-server" in args:
+        if (
+            "celery" in args and ("worker" in args or "beat" in args) and "-A" in args
+        ) or "valkey-server" in args:
             if mark is None or _has_mark(int(pid), mark):
                 pids.add(int(pid))
     return pids
@@ -87,6 +89,15 @@ def home(tmp_path, monkeypatch) -> Path:
     return tmp_path / "state"
 
 
-def run_celerylab(*args: str, env: dict | None = None, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "celerylab.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})}, **kw)  # fmt: skip
+def run_celerylab(
+    *args: str, env: dict | None = None, timeout: float = 300, **kw
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "celerylab.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        **kw,
+    )

@@ -16,7 +16,12 @@ DEAD = f"redis://127.0.0.1:{brokers.free_port()}/0"  # nothing listens there
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch):
-    for var in ("CELERYLAB_BROKER_URL", "CELERYLAB_REDIS_URL", "CELERYLAB_RABBITMQ_URL", "CELERYLAB_BACKEND_URL"):
+    for var in (
+        "CELERYLAB_BROKER_URL",
+        "CELERYLAB_REDIS_URL",
+        "CELERYLAB_RABBITMQ_URL",
+        "CELERYLAB_BACKEND_URL",
+    ):
         monkeypatch.delenv(var, raising=False)
 
 

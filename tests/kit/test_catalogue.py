@@ -23,22 +23,35 @@ def test_the_catalogue_has_the_core_labs_in_order():
 
 @pytest.mark.parametrize("lab", CATALOGUE, ids=LABS)
 def test_every_lab_has_the_whole_anatomy(lab):
-    for path in (lab.folder / "README.md", lab.folder / "tasks.py", lab.solution / "tasks.py", lab.autograder,
-                 ROOT / lab.notebook, ROOT / lab.quiz):  # fmt: skip
+    for path in (
+        lab.folder / "README.md",
+        lab.folder / "tasks.py",
+        lab.solution / "tasks.py",
+        lab.autograder,
+        ROOT / lab.notebook,
+        ROOT / lab.quiz,
+    ):
         assert path.exists(), f"{lab.name}: missing {path.relative_to(ROOT)}"
     assert len(lab.hints) >= 3 and all(1 <= s <= 17 for s in lab.sections)
     readme = (lab.folder / "README.md").read_text()
     assert f"celerylab grade {lab.name}" in readme, "the README says how it is graded"
-    assert not sorted(p.name for p in lab.folder.iterdir() if p.name not in {"README.md", "tasks.py", "lab.toml"}
-                      and not p.name.startswith((".", "__pycache__"))), "a lab folder holds only its own files"  # fmt: skip
+    assert not sorted(
+        p.name
+        for p in lab.folder.iterdir()
+        if p.name not in {"README.md", "tasks.py", "lab.toml"} and not p.name.startswith((".", "__pycache__"))
+    ), "a lab folder holds only its own files"
 
 
 @pytest.mark.parametrize("lab", CATALOGUE, ids=LABS)
 def test_skeleton_names_every_task_of_the_solution(lab):
     def tasks(path):
         tree = ast.parse(path.read_text())
-        return {node.name for node in tree.body if isinstance(node, ast.FunctionDef)
-                and any("task" in ast.unparse(d) for d in node.decorator_list)}  # fmt: skip
+        return {
+            node.name
+            for node in tree.body
+            if isinstance(node, ast.FunctionDef)
+            and any("task" in ast.unparse(d) for d in node.decorator_list)
+        }
 
     missing = tasks(lab.solution / "tasks.py") - tasks(lab.folder / "tasks.py")
     assert not missing, f"the skeleton should already name every task of the contract: {missing}"

@@ -48,7 +48,11 @@ def test_unknown_lab_and_broker_get_one_clear_line(home):
     done = run_celerylab("grade", "nosuchlab")
     assert done.returncode == 2 and "no lab named 'nosuchlab'" in done.stdout and "retries" in done.stdout
     done = run_celerylab("grade", "retries", "--broker", "kafka")
-    assert done.returncode == 2 and "unknown broker" in done.stdout and "Traceback" not in done.stdout + done.stderr
+    assert (
+        done.returncode == 2
+        and "unknown broker" in done.stdout
+        and "Traceback" not in done.stdout + done.stderr
+    )
 
 
 def test_doctor_reports_brokers_and_the_choice(home):
@@ -64,17 +68,28 @@ def test_doctor_explains_what_to_do_when_the_chosen_broker_is_down(home):
 
 def test_grading_the_skeleton_records_progress(home, tmp_path, no_orphans):
     done = run_celerylab("grade", "retries", "-k", "first_try or client_error", "--report-dir", str(tmp_path))
-    assert done.returncode == 0, done.stdout  # both of these pass on the skeleton: full marks for the selection
+    assert done.returncode == 0, (
+        done.stdout
+    )  # both of these pass on the skeleton: full marks for the selection
     # -k grades a subset: it is not recorded as the lab's score
-    assert "retries" not in json.loads((home / "progress.json").read_text() if (home / "progress.json").exists()
-                                       else '{"labs": {}}')["labs"]  # fmt: skip
+    assert (
+        "retries"
+        not in json.loads(
+            (home / "progress.json").read_text() if (home / "progress.json").exists() else '{"labs": {}}'
+        )["labs"]
+    )
 
 
 def test_ctrl_c_during_a_grade_leaves_nothing_behind(home, no_orphans):
     """SIGINT to the whole foreground group, as a terminal's Ctrl-C does, in the middle of a grade."""
-    grader = subprocess.Popen([sys.executable, "-m", "celerylab.cli", "grade", "retries", "--solutions",
-                               "--broker", "embedded"], cwd=ROOT, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
+    grader = subprocess.Popen(
+        [sys.executable, "-m", "celerylab.cli", "grade", "retries", "--solutions", "--broker", "embedded"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 60
     while not kit_processes(no_orphans) or not (home / "logs" / "retries" / "w1.log").exists():
         assert time.monotonic() < deadline and grader.poll() is None, "the grade never started a worker"

@@ -183,8 +183,16 @@ def _check_celery(name: str, argv: list[str]) -> None:
     from celery.bin.celery import celery
 
     commands = celery.list_commands(click.Context(celery))
-    at = next((i for i, a in enumerate(argv) if a in commands and argv[i - 1] not in ("-A", "--app", "-b",
-              "--broker", "--result-backend", "--loader", "--config", "--workdir")), None)  # fmt: skip
+    at = next(
+        (
+            i
+            for i, a in enumerate(argv)
+            if a in commands
+            and argv[i - 1]
+            not in ("-A", "--app", "-b", "--broker", "--result-backend", "--loader", "--config", "--workdir")
+        ),
+        None,
+    )
     assert at is not None, f"{name}: `{shlex.join(argv)}` names no celery sub-command ({', '.join(commands)})"
     ctx = celery.make_context("celery", argv[1 : at + 1])  # the global options (-A, --broker) parse
     sub, rest = celery.get_command(ctx, argv[at]), argv[at + 1 :]
@@ -245,8 +253,9 @@ def test_worker_spec_loads_the_lab(services: dict[str, dict[str, Any]]) -> None:
     here = {**spec, "folder": str(folder)}  # the same spec, as a worker on this machine would get it
     env = {**os.environ, "CELERYLAB_TASKS": json.dumps(here)}
     code = "from celerylab.runtime import app; print(app.conf.broker_url); print(sorted(app.tasks))"
-    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=folder, capture_output=True, text=True,
-                         timeout=60)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=folder, capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     broker, tasks = out.stdout.splitlines()[-2:]
     assert broker == spec["config"]["broker_url"]
@@ -262,8 +271,15 @@ def test_docker_compose_config() -> None:
     if version.returncode != 0:
         why = ((version.stderr or version.stdout).strip().splitlines() or ["no output"])[0]
         pytest.skip(f"`docker compose` is not available here ({why}): compose validated structurally only")
-    for profile in ([], ["--profile", "worker", "--profile", "grade", "--profile", "monitor", "--profile",
-                         "notebooks"]):  # fmt: skip
-        out = subprocess.run([docker, "compose", "-f", str(COMPOSE), *profile, "config", "-q"], cwd=ROOT,
-                             capture_output=True, text=True, timeout=60)  # fmt: skip
+    for profile in (
+        [],
+        ["--profile", "worker", "--profile", "grade", "--profile", "monitor", "--profile", "notebooks"],
+    ):
+        out = subprocess.run(
+            [docker, "compose", "-f", str(COMPOSE), *profile, "config", "-q"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert out.returncode == 0, out.stderr

@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 import textwrap
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -21,7 +21,7 @@ from celerylab.timeline import Recorder
 from celerylab.workers import Worker, WorkerError, start_worker
 from tests.kit.conftest import is_gone
 
-TASKS = '''
+TASKS = """
 import os, time
 from celery import Celery
 app = Celery("enginetest")
@@ -38,7 +38,7 @@ def flaky(self):
 def nap(seconds):
     time.sleep(seconds)
     return os.getpid()
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -118,17 +118,22 @@ def test_warm_stop_lets_the_running_task_finish(ns, folder, no_orphans):
 
 
 def test_a_worker_that_cannot_import_reports_its_log(ns, tmp_path, no_orphans):
-    (tmp_path / "tasks.py").write_text("from celery import Celery\napp = Celery('x')\nraise RuntimeError('boom at import')\n")
+    (tmp_path / "tasks.py").write_text(
+        "from celery import Celery\napp = Celery('x')\nraise RuntimeError('boom at import')\n"
+    )
     with pytest.raises(WorkerError, match="boom at import"):
         Worker(ns, tmp_path).start(ready_timeout=20)
 
 
-@pytest.mark.parametrize("source, kind, words", [
-    ("def broken(:\n", "syntax", "line 1"),
-    ("import not_a_module_anywhere\n", "import", "ModuleNotFoundError"),
-    ("x = 1\n", "no-app", "no Celery app"),
-    ("import sys\nsys.exit(3)\n", "import", "SystemExit"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "source, kind, words",
+    [
+        ("def broken(:\n", "syntax", "line 1"),
+        ("import not_a_module_anywhere\n", "import", "ModuleNotFoundError"),
+        ("x = 1\n", "no-app", "no Celery app"),
+        ("import sys\nsys.exit(3)\n", "import", "SystemExit"),
+    ],
+)
 def test_probe_turns_broken_modules_into_verdicts(tmp_path, source, kind, words):
     (tmp_path / "tasks.py").write_text(source)
     report = runtime.probe(str(tmp_path))
@@ -136,15 +141,21 @@ def test_probe_turns_broken_modules_into_verdicts(tmp_path, source, kind, words)
 
 
 def test_probe_lists_tasks_with_their_options(tmp_path):
-    (tmp_path / "tasks.py").write_text(textwrap.dedent('''
+    (tmp_path / "tasks.py").write_text(
+        textwrap.dedent("""
         from celery import Celery
         app = Celery("p")
         @app.task(autoretry_for=(OSError,), max_retries=3, acks_late=True)
         def job(): pass
-    '''))
+    """)
+    )
     report = runtime.probe(str(tmp_path))
     options = report["tasks"]["tasks.job"]
-    assert options["autoretry_for"] == ["builtins.OSError"] and options["max_retries"] == 3 and options["acks_late"]
+    assert (
+        options["autoretry_for"] == ["builtins.OSError"]
+        and options["max_retries"] == 3
+        and options["acks_late"]
+    )
 
 
 def test_stub_server_follows_its_script_and_records_requests():
@@ -164,7 +175,8 @@ def test_sigterm_to_the_owner_kills_its_children(tmp_path, folder, no_orphans):
     import sys
 
     script = tmp_path / "owner.py"
-    script.write_text(textwrap.dedent(f'''
+    script.write_text(
+        textwrap.dedent(f"""
         import sys, time
         from celerylab.brokers import open_broker
         from celerylab.namespaces import Namespace
@@ -173,7 +185,8 @@ def test_sigterm_to_the_owner_kills_its_children(tmp_path, folder, no_orphans):
             Worker(Namespace(b, "own"), {str(folder)!r}, concurrency=2).start()
             print("ready", flush=True)
             time.sleep(60)
-    '''))
+    """)
+    )
     owner = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     assert owner.stdout.readline().strip() == "ready"
     owner.send_signal(signal.SIGTERM)
@@ -196,10 +209,12 @@ def test_a_paused_worker_leaves_messages_on_the_broker(ns, folder):
 def test_fire_times_replays_beat_without_waiting():
     app = Celery("cron", set_as_current=False)
     app.conf.timezone = "UTC"
-    monday = datetime(2026, 1, 5, tzinfo=timezone.utc)
+    monday = datetime(2026, 1, 5, tzinfo=UTC)
     nightly = fire_times(crontab(minute=0, hour=1), monday, monday + timedelta(days=2), app)
     assert nightly == [monday + timedelta(hours=1), monday + timedelta(days=1, hours=1)]
-    weekdays = fire_times(crontab(minute="*/15", day_of_week="mon-fri"), monday, monday + timedelta(days=7), app)
+    weekdays = fire_times(
+        crontab(minute="*/15", day_of_week="mon-fri"), monday, monday + timedelta(days=7), app
+    )
     # start counts as the last run (as beat's first tick does), so Monday 00:00 itself is not repeated
     assert weekdays[0] == monday + timedelta(minutes=15) and len(weekdays) == 5 * 24 * 4 - 1
     assert all(t.weekday() < 5 and t.minute % 15 == 0 for t in weekdays)

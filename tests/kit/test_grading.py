@@ -18,14 +18,18 @@ def grade_source(tmp_path, source: str, *options: str, env: dict | None = None) 
     lab.mkdir()
     (lab / "tasks.py").write_text(source)
     begun = time.monotonic()
-    done = run_celerylab("grade", "retries", "--target", str(lab), "--report-dir", str(tmp_path), *options, env=env)
+    done = run_celerylab(
+        "grade", "retries", "--target", str(lab), "--report-dir", str(tmp_path), *options, env=env
+    )
     elapsed = time.monotonic() - begun
     assert done.returncode == 1, done.stdout + done.stderr
     return json.loads((tmp_path / "retries.json").read_text()), done.stdout, elapsed
 
 
 def test_syntax_error_fails_every_test_with_the_line(tmp_path, home, no_orphans):
-    report, out, elapsed = grade_source(tmp_path, SKELETON.replace("def fetch(self, url: str) -> dict:", "def fetch(self, url:"))
+    report, out, elapsed = grade_source(
+        tmp_path, SKELETON.replace("def fetch(self, url: str) -> dict:", "def fetch(self, url:")
+    )
     assert len(report["tests"]) == 7 and report["score"] == 0
     assert all("cannot be loaded" in t["message"] and "line" in t["message"] for t in report["tests"])
     assert "Traceback" not in out
@@ -39,7 +43,9 @@ def test_crash_at_import_names_the_learners_line(tmp_path, home, no_orphans):
 
 
 def test_import_that_never_ends_is_cut_off(tmp_path, home, no_orphans):
-    report, _, elapsed = grade_source(tmp_path, SKELETON + "\nwhile True:\n    pass\n", env={"CELERYLAB_PROBE_TIMEOUT": "3"})
+    report, _, elapsed = grade_source(
+        tmp_path, SKELETON + "\nwhile True:\n    pass\n", env={"CELERYLAB_PROBE_TIMEOUT": "3"}
+    )
     assert all("did not finish within 3 s" in t["message"] for t in report["tests"])
     assert elapsed < 30
 
@@ -50,29 +56,37 @@ def test_missing_task_says_what_was_found(tmp_path, home, no_orphans):
     assert "MISSING TASK" in test["message"] and "fetch_url" in test["message"]
 
 
-def test_task_that_never_returns_hits_the_deadline_and_grading_goes_on(tmp_path, home, no_orphans):
+def test_task_that_never_returns_hits_the_deadline_with_its_last_state(tmp_path, home, no_orphans):
     hung = SKELETON.replace("    resp = httpx.get(url, timeout=5)", "    while True:\n        pass")
-    report, _, elapsed = grade_source(tmp_path, hung, "-k", "first_try or client_error")
-    assert [t["status"] for t in report["tests"]] == ["fail", "fail"]
-    assert all("Gave up waiting" in t["message"] and "STARTED" in t["message"] for t in report["tests"])
-    assert elapsed < 15 + 15 + 20
+    report, _, elapsed = grade_source(tmp_path, hung, "-k", "first_try")
+    (test,) = report["tests"]
+    assert test["status"] == "fail" and "Gave up waiting" in test["message"] and "STARTED" in test["message"]
+    assert elapsed < 15 + 20
 
 
 def test_report_round_trips_and_exports(tmp_path):
-    report = GradeReport(lab="retries", target="labs/retries", broker="redis", tests=[
-        TestResult(id="t::a", title="A", max_points=2, points=2, status="pass", backoff_wait=1.5),
-        TestResult(id="t::b", title="B", max_points=1, points=0, status="fail", message="x" * 5000),
-    ])  # fmt: skip
+    report = GradeReport(
+        lab="retries",
+        target="labs/retries",
+        broker="redis",
+        tests=[
+            TestResult(id="t::a", title="A", max_points=2, points=2, status="pass", backoff_wait=1.5),
+            TestResult(id="t::b", title="B", max_points=1, points=0, status="fail", message="x" * 5000),
+        ],
+    )
     report.write(tmp_path / "r.json")
     data = json.loads((tmp_path / "r.json").read_text())
     assert data["schema"] == "celerylab.results/1" and data["score"] == 2 and data["max_score"] == 3
     assert data["backoff_wait"] == 1.5 and len(data["tests"][1]["message"]) == 4000
     again = GradeReport.read(tmp_path / "r.json")
     assert again.score == 2 and not again.full_marks and again.tests[0].title == "A"
-    assert report.to_gradescope() == {"score": 2, "tests": [
-        {"name": "A", "score": 2, "max_score": 2, "output": "passed"},
-        {"name": "B", "score": 0, "max_score": 1, "output": "x" * 5000},
-    ]}  # fmt: skip
+    assert report.to_gradescope() == {
+        "score": 2,
+        "tests": [
+            {"name": "A", "score": 2, "max_score": 2, "output": "passed"},
+            {"name": "B", "score": 0, "max_score": 1, "output": "x" * 5000},
+        ],
+    }
 
 
 def test_a_report_of_another_schema_is_refused(tmp_path):

@@ -68,8 +68,9 @@ def test_weak_answer_shows_points_missed(home):
 def test_late_answer_is_scored_but_never_passes(bank, tmp_path):
     progress = Progress(path=tmp_path / "progress.json")
     out = io.StringIO()
-    code = run_interview(1, 120.0, PRODUCTION, io.StringIO(GOOD + "\n"), out, clock=ticking(1000.0, 1151.0),
-                         progress=progress)  # fmt: skip
+    code = run_interview(
+        1, 120.0, PRODUCTION, io.StringIO(GOOD + "\n"), out, clock=ticking(1000.0, 1151.0), progress=progress
+    )
     assert code == 0
     text = out.getvalue()
     assert "Answered in 2:31: LATE (limit 2:00)." in text

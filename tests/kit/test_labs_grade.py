@@ -24,7 +24,9 @@ def grade(lab: str, tmp_path, *options: str) -> tuple[int, dict, str]:
 
 
 def failures(report: dict) -> str:
-    return "\n".join(f"{t['title']}: {t['message']}\n{t['log'][-1500:]}" for t in report["tests"] if t["status"] != "pass")
+    return "\n".join(
+        f"{t['title']}: {t['message']}\n{t['log'][-1500:]}" for t in report["tests"] if t["status"] != "pass"
+    )
 
 
 @pytest.mark.parametrize("lab", LABS)
@@ -38,7 +40,9 @@ def test_solution_gets_full_marks(lab, tmp_path, home, no_orphans):
 def test_untouched_skeleton_scores_under_half_and_explains(lab, tmp_path, home, no_orphans):
     code, report, out = grade(lab, tmp_path)
     assert code == 1
-    assert report["score"] < report["max_score"] / 2, f"the skeleton scored {report['score']}/{report['max_score']}"
+    assert report["score"] < report["max_score"] / 2, (
+        f"the skeleton scored {report['score']}/{report['max_score']}"
+    )
     failed = [t for t in report["tests"] if t["status"] == "fail"]
     assert failed and all(t["message"].strip() for t in failed)
     assert "Traceback (most recent call last)" not in out, "verdicts, not stack trace walls"

@@ -22,7 +22,9 @@ def test_notebook_executes(path: Path, tmp_path, monkeypatch, no_orphans):
     monkeypatch.setenv("CELERYLAB_HOME", str(tmp_path / "state"))
     monkeypatch.setenv("MPLBACKEND", "Agg")
     nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
+    client = NotebookClient(
+        nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+    )
     client.execute()
     errors = [o for cell in nb.cells for o in cell.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors, errors
@@ -32,9 +34,15 @@ def test_notebook_executes(path: Path, tmp_path, monkeypatch, no_orphans):
 def widget_errors(nb) -> list[dict]:
     """Errors inside widgets: ipywidgets catches an exception in an interact callback and keeps it in the
     Output widget's saved state, so the cell itself shows none."""
-    state = nb.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {}).get("state", {})
-    return [o for model in state.values() for o in model.get("state", {}).get("outputs", [])
-            if o.get("output_type") == "error"]  # fmt: skip
+    state = (
+        nb.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {}).get("state", {})
+    )
+    return [
+        o
+        for model in state.values()
+        for o in model.get("state", {}).get("outputs", [])
+        if o.get("output_type") == "error"
+    ]
 
 
 def test_every_notebook_is_named_for_a_cheat_sheet_section():

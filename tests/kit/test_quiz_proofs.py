@@ -106,8 +106,12 @@ def test_early_ack_is_lost_acks_late_is_redelivered(run, proofs, tasks, claim):
     queue = proofs.ns.queue_name("acks")
     restore_fast = {}
     if proofs.broker.is_redis:  # kombu restores unacked messages after visibility_timeout (1 h by default)
-        options = {**proofs.ns.config()["broker_transport_options"], "visibility_timeout": 2,
-                   "unacked_restore_interval": 1, "unacked_restore_throttle": 1}  # fmt: skip
+        options = {
+            **proofs.ns.config()["broker_transport_options"],
+            "visibility_timeout": 2,
+            "unacked_restore_interval": 1,
+            "unacked_restore_throttle": 1,
+        }
         restore_fast = {"broker_transport_options": options}
     doomed = proofs.start_worker("acks-a", concurrency=2, queues=[queue])
     early = tasks.early_ack.apply_async((1,), queue=queue)

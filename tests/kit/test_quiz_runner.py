@@ -52,8 +52,17 @@ def planned(bank, home):
 
 def test_right_wrong_and_invalid_answers(planned, home):
     single, truefalse, multi, short = planned
-    script = ["z", "", right_input(single), "maybe", wrong_input(truefalse), "a, z", right_input(multi),
-              "", right_input(short)]  # fmt: skip
+    script = [
+        "z",
+        "",
+        right_input(single),
+        "maybe",
+        wrong_input(truefalse),
+        "a, z",
+        right_input(multi),
+        "",
+        right_input(short),
+    ]
     result = run_module(
         "celerylab.quiz", ["--topic", "retries", "--count", "4"], "\n".join(script) + "\n", home
     )

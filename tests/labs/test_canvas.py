@@ -92,18 +92,30 @@ def launch(lab, site: Site):
     """Apply the learner's workflow as the README says: ``build_report(base_url, pages).apply_async()``."""
     module = lab.module()
     build = getattr(module, "build_report", None)
-    expect(callable(build), "MISSING FUNCTION: tasks.py has no function `build_report`.",
-           expected="def build_report(base_url: str, pages: int) -> Signature", observed="none found",
-           hint="keep the skeleton's build_report and make it return the workflow.")  # fmt: skip
+    expect(
+        callable(build),
+        "MISSING FUNCTION: tasks.py has no function `build_report`.",
+        expected="def build_report(base_url: str, pages: int) -> Signature",
+        observed="none found",
+        hint="keep the skeleton's build_report and make it return the workflow.",
+    )
     try:
         workflow = build(site.base, site.pages)
     except Exception as exc:
         call = f"build_report({site.base!r}, {site.pages})"
-        raise LabFailure(verdict(f"{call} raised {type(exc).__name__}: {exc}",
-                                 hint="build_report only builds signatures; fix the error.")) from None
-    expect(isinstance(workflow, Signature), "build_report must return the workflow as a signature, unsent.",
-           expected="a Signature (a chain whose first step is a chord)", observed=repr(workflow)[:200],
-           hint="return the canvas; the grader calls .apply_async() on it.")  # fmt: skip
+        raise LabFailure(
+            verdict(
+                f"{call} raised {type(exc).__name__}: {exc}",
+                hint="build_report only builds signatures; fix the error.",
+            )
+        ) from None
+    expect(
+        isinstance(workflow, Signature),
+        "build_report must return the workflow as a signature, unsent.",
+        expected="a Signature (a chain whose first step is a chord)",
+        observed=repr(workflow)[:200],
+        hint="return the canvas; the grader calls .apply_async() on it.",
+    )
     return workflow.apply_async()
 
 
@@ -141,12 +153,15 @@ def require_header(lab, site: Site) -> list:
     """The fetch_page attempts, one per page; else a verdict that says what ran instead."""
     tries = attempts(lab, HEADER)
     requested = sorted(int(r.path.rsplit("/", 1)[1]) for r in site.page_hits())
-    expect(len(tries) == site.pages and requested == list(range(1, site.pages + 1)),
-           f"Each of the {site.pages} pages should be fetched by its own fetch_page task, once.",
-           expected=f"{site.pages} fetch_page attempts; pages requested: 1 .. {site.pages}",
-           observed=f"{len(tries)} fetch_page attempt(s); pages requested: {requested[:10]}"
-           + ("..." if len(requested) > 10 else "") + f"\n{lab.timeline.table()}"[:1500],
-           hint=blocked_hint(lab))  # fmt: skip
+    expect(
+        len(tries) == site.pages and requested == list(range(1, site.pages + 1)),
+        f"Each of the {site.pages} pages should be fetched by its own fetch_page task, once.",
+        expected=f"{site.pages} fetch_page attempts; pages requested: 1 .. {site.pages}",
+        observed=f"{len(tries)} fetch_page attempt(s); pages requested: {requested[:10]}"
+        + ("..." if len(requested) > 10 else "")
+        + f"\n{lab.timeline.table()}"[:1500],
+        hint=blocked_hint(lab),
+    )
     return tries
 
 
@@ -169,14 +184,23 @@ def test_pages_are_fetched_in_parallel(lab, worker, http_stub):
     """The header: one fetch_page per page, overlapping in time on two or more worker processes"""
     site, _ = run_ok(lab, http_stub)
     tries = require_header(lab, site)
-    overlapping = [(a, b) for a, b in itertools.combinations(tries, 2)
-                   if (a.hostname, a.pid) != (b.hostname, b.pid) and a.end is not None and b.end is not None
-                   and a.start < b.end and b.start < a.end]  # fmt: skip
+    overlapping = [
+        (a, b)
+        for a, b in itertools.combinations(tries, 2)
+        if (a.hostname, a.pid) != (b.hostname, b.pid)
+        and a.end is not None
+        and b.end is not None
+        and a.start < b.end
+        and b.start < a.end
+    ]
     processes = {(a.hostname, a.pid) for a in tries}
-    expect(overlapping, "The pages should be fetched at the same time, by different worker processes.",
-           expected="at least two fetch_page attempts on different processes overlapping in time",
-           observed=f"{len(processes)} process(es), no overlap:\n{lab.timeline.table()}",
-           hint="a group sends every fetch at once; a chain of fetches runs them one by one.")  # fmt: skip
+    expect(
+        overlapping,
+        "The pages should be fetched at the same time, by different worker processes.",
+        expected="at least two fetch_page attempts on different processes overlapping in time",
+        observed=f"{len(processes)} process(es), no overlap:\n{lab.timeline.table()}",
+        hint="a group sends every fetch at once; a chain of fetches runs them one by one.",
+    )
 
 
 @pytest.mark.points(2)
@@ -186,20 +210,30 @@ def test_merge_waits_for_every_page_and_gets_them_in_order(lab, worker, http_stu
     site, _ = run_ok(lab, http_stub)
     require_header(lab, site)
     merges = attempts(lab, "merge")
-    expect(len(merges) == 1 and merges[0].outcome == "success", "merge should run exactly once, and succeed.",
-           expected="1 successful merge attempt",
-           observed=f"{len(merges)} merge attempt(s):\n{lab.timeline.table()}",
-           hint=blocked_hint(lab))  # fmt: skip
+    expect(
+        len(merges) == 1 and merges[0].outcome == "success",
+        "merge should run exactly once, and succeed.",
+        expected="1 successful merge attempt",
+        observed=f"{len(merges)} merge attempt(s):\n{lab.timeline.table()}",
+        hint=blocked_hint(lab),
+    )
     early = site.last_reply() - merges[0].start
-    expect(early <= 0, "merge must start only after every page has been fetched.",
-           expected="merge starts after the last page's reply",
-           observed=f"merge started {early:.2f} s before it",
-           hint="a chord's callback runs when its whole header is done.")  # fmt: skip
+    expect(
+        early <= 0,
+        "merge must start only after every page has been fetched.",
+        expected="merge starts after the last page's reply",
+        observed=f"merge started {early:.2f} s before it",
+        hint="a chord's callback runs when its whole header is done.",
+    )
     value = lab.app.AsyncResult(merges[0].uuid).get(timeout=lab.remaining())
-    expect(value == site.report(), "merge should get every page's result, in the order of the header.",
-           expected=repr(site.report()), observed=repr(value),
-           hint="the pages finish in reverse order here (page 1 is the slowest); a chord still passes the "
-                "results in header order, as one list argument.")  # fmt: skip
+    expect(
+        value == site.report(),
+        "merge should get every page's result, in the order of the header.",
+        expected=repr(site.report()),
+        observed=repr(value),
+        hint="the pages finish in reverse order here (page 1 is the slowest); a chord still passes the "
+        "results in header order, as one list argument.",
+    )
 
 
 @pytest.mark.points(1)
@@ -210,13 +244,19 @@ def test_publish_gets_the_merged_report(lab, worker, http_stub):
     require_header(lab, site)
     posted = http_stub.hits(site.path("reports"))
     bodies = [r.json() for r in posted]
-    expect(bodies == [site.report()], "publish should get merge's report as first argument and POST it once.",
-           expected=f"one POST {site.path('reports')} with {site.report()!r}",
-           observed=f"{len(bodies)} POST(s): {bodies!r}"[:400] + f"\n{lab.timeline.table()}",
-           hint="chain the steps with `|`: each signature gets the previous result prepended.")  # fmt: skip
+    expect(
+        bodies == [site.report()],
+        "publish should get merge's report as first argument and POST it once.",
+        expected=f"one POST {site.path('reports')} with {site.report()!r}",
+        observed=f"{len(bodies)} POST(s): {bodies!r}"[:400] + f"\n{lab.timeline.table()}",
+        hint="chain the steps with `|`: each signature gets the previous result prepended.",
+    )
     merges, publishes = attempts(lab, "merge"), attempts(lab, "publish")
-    expect(len(publishes) == 1 and len(merges) == 1 and publishes[0].start > merges[0].start,
-           "publish should run once, after merge.", observed=lab.timeline.table())  # fmt: skip
+    expect(
+        len(publishes) == 1 and len(merges) == 1 and publishes[0].start > merges[0].start,
+        "publish should run once, after merge.",
+        observed=lab.timeline.table(),
+    )
 
 
 @pytest.mark.points(1)
@@ -224,25 +264,32 @@ def test_publish_gets_the_merged_report(lab, worker, http_stub):
 def test_announce_is_immutable_and_last(lab, worker, http_stub):
     """The last step: announce(base_url) gets no previous result, runs after publish, ends the workflow"""
     site, final = run_ok(lab, http_stub)
-    received = [e for e in lab.timeline.events("task-received")
-                if (e.get("name") or "").endswith(".announce")]  # fmt: skip
+    received = [
+        e for e in lab.timeline.events("task-received") if (e.get("name") or "").endswith(".announce")
+    ]
     args = [e.get("args") for e in received]
-    expect(args == [repr([site.base])] or args == [repr((site.base,))],
-           "announce takes only base_url: the report must not be passed to it.",
-           expected=f"announce received args [{site.base!r}]",
-           observed=f"announce received: {args or 'never ran'}"
-           + (f"\nfailures: {failures(lab)}" if failures(lab) else ""),
-           hint="announce.si(base_url) is an immutable signature; announce.s(base_url) gets publish's result "
-                "prepended.")  # fmt: skip
+    expect(
+        args == [repr([site.base])] or args == [repr((site.base,))],
+        "announce takes only base_url: the report must not be passed to it.",
+        expected=f"announce received args [{site.base!r}]",
+        observed=f"announce received: {args or 'never ran'}"
+        + (f"\nfailures: {failures(lab)}" if failures(lab) else ""),
+        hint="announce.si(base_url) is an immutable signature; announce.s(base_url) gets publish's result "
+        "prepended.",
+    )
     announced, reports = http_stub.hits(site.path("announce")), http_stub.hits(site.path("reports"))
     announces = attempts(lab, "announce")
-    expect(len(announced) == 1 and len(announces) == 1 and reports
-           and announces[0].start >= reports[0].time,
-           "announce should run once, after publish has posted the report.",
-           observed=f"{len(announced)} announcement(s)\n{lab.timeline.table()}")  # fmt: skip
-    expect(final.id == announces[0].uuid, "The workflow's result should be its last step, announce.",
-           expected=f"apply_async() returns announce's result ({announces[0].uuid[:8]})",
-           observed=f"it returned {lab.timeline.describe(final.id)}")  # fmt: skip
+    expect(
+        len(announced) == 1 and len(announces) == 1 and reports and announces[0].start >= reports[0].time,
+        "announce should run once, after publish has posted the report.",
+        observed=f"{len(announced)} announcement(s)\n{lab.timeline.table()}",
+    )
+    expect(
+        final.id == announces[0].uuid,
+        "The workflow's result should be its last step, announce.",
+        expected=f"apply_async() returns announce's result ({announces[0].uuid[:8]})",
+        observed=f"it returned {lab.timeline.describe(final.id)}",
+    )
 
 
 @pytest.mark.points(2)
@@ -254,13 +301,20 @@ def test_failing_page_fails_the_chord_and_alerts_once(lab, worker, http_stub):
     settle(lab, final)
     require_header(lab, site)
     states = {lab.timeline.state(u) for u in lab.timeline.task_ids(HEADER)}
-    expect("FAILURE" in states, "fetch_page of a page that answers 500 should fail.",
-           observed=lab.timeline.table(), hint="keep raise_for_status() in fetch_page.")  # fmt: skip
+    expect(
+        "FAILURE" in states,
+        "fetch_page of a page that answers 500 should fail.",
+        observed=lab.timeline.table(),
+        hint="keep raise_for_status() in fetch_page.",
+    )
     ran = [n for n in ("merge", "publish", "announce") if attempts(lab, n)]
     published = http_stub.hits(site.path("reports")) + http_stub.hits(site.path("announce"))
-    expect(not ran and not published, "When a page fails, nothing after the chord's header may run.",
-           expected="no merge, publish or announce",
-           observed=f"ran: {ran}; {len(published)} POST(s)")  # fmt: skip
+    expect(
+        not ran and not published,
+        "When a page fails, nothing after the chord's header may run.",
+        expected="no merge, publish or announce",
+        observed=f"ran: {ran}; {len(published)} POST(s)",
+    )
     chain = []
     node = final
     while node is not None and len(chain) < 10:  # announce -> publish -> merge (-> the header's GroupResult)
@@ -273,19 +327,29 @@ def test_failing_page_fails_the_chord_and_alerts_once(lab, worker, http_stub):
         errors = [r.result for r in chain if r.state == "FAILURE" and isinstance(r.result, ChordError)]
         if not errors:
             time.sleep(0.05)
-    expect(errors, "The chord itself should fail with a ChordError (its callback never runs).",
-           expected="the workflow's result chain holds a FAILURE with celery.exceptions.ChordError",
-           observed=", ".join(f"{r.id[:8]}: {r.state}" for r in chain))  # fmt: skip
+    expect(
+        errors,
+        "The chord itself should fail with a ChordError (its callback never runs).",
+        expected="the workflow's result chain holds a FAILURE with celery.exceptions.ChordError",
+        observed=", ".join(f"{r.id[:8]}: {r.state}" for r in chain),
+    )
     alerts = [r.json() for r in http_stub.hits(site.path("alerts"))]
-    expect(len(alerts) == 1, "The error callback should run exactly once for the failed workflow.",
-           expected=f"one POST {site.path('alerts')}", observed=f"{len(alerts)} alert(s): {alerts!r}"[:500],
-           hint="attach alert once, to the whole workflow (.on_error / link_error); an errback on every "
-                "header task runs once per failing page, and the chord's once more.")  # fmt: skip
+    expect(
+        len(alerts) == 1,
+        "The error callback should run exactly once for the failed workflow.",
+        expected=f"one POST {site.path('alerts')}",
+        observed=f"{len(alerts)} alert(s): {alerts!r}"[:500],
+        hint="attach alert once, to the whole workflow (.on_error / link_error); an errback on every "
+        "header task runs once per failing page, and the chord's once more.",
+    )
     error = str((alerts[0] or {}).get("error", "")) if isinstance(alerts[0], dict) else ""
-    expect("ChordError" in error, "alert should report the chord's error.",
-           expected='{"task": ..., "error": "ChordError(...)"}', observed=repr(alerts[0])[:300],
-           hint="from alert(request, exc, traceback, base_url), POST "
-                "{'task': request.id, 'error': repr(exc)}.")  # fmt: skip
+    expect(
+        "ChordError" in error,
+        "alert should report the chord's error.",
+        expected='{"task": ..., "error": "ChordError(...)"}',
+        observed=repr(alerts[0])[:300],
+        hint="from alert(request, exc, traceback, base_url), POST {'task': request.id, 'error': repr(exc)}.",
+    )
 
 
 @pytest.mark.points(1)
@@ -294,19 +358,30 @@ def test_no_task_waits_for_another(lab, worker, http_stub):
     """No task blocks on another task's result (no .get() inside a task)"""
     site, final = run_ok(lab, http_stub)
     blocked = [f for f in failures(lab) if "Never call result.get()" in f]
-    expect(not blocked, "A task called .get() on another task's result; Celery refuses that (RuntimeError).",
-           observed="; ".join(blocked)[:400],
-           hint="a task that waits for others holds a worker process and can deadlock the pool; "
-                "a chord passes the results to its callback instead.")  # fmt: skip
+    expect(
+        not blocked,
+        "A task called .get() on another task's result; Celery refuses that (RuntimeError).",
+        observed="; ".join(blocked)[:400],
+        hint="a task that waits for others holds a worker process and can deadlock the pool; "
+        "a chord passes the results to its callback instead.",
+    )
     hits = site.page_hits()
     expect(hits, "No page was fetched.", observed=lab.timeline.table(), hint=blocked_hint(lab))
     first = min(r.time for r in hits)
-    waiting = [a for u in lab.timeline.task_ids() for a in lab.timeline.attempts(u)
-               if not a.name.endswith(f".{HEADER}") and a.start < first
-               and (a.end or time.time()) > site.last_reply()]  # fmt: skip
-    expect(not waiting, "A task was running for as long as the pages were fetched: it waited for them.",
-           observed=", ".join(f"{a.name.rsplit('.', 1)[-1]} on process {a.pid}" for a in waiting),
-           hint="a chord passes the results to its callback; no task should wait on another.")  # fmt: skip
+    waiting = [
+        a
+        for u in lab.timeline.task_ids()
+        for a in lab.timeline.attempts(u)
+        if not a.name.endswith(f".{HEADER}")
+        and a.start < first
+        and (a.end or time.time()) > site.last_reply()
+    ]
+    expect(
+        not waiting,
+        "A task was running for as long as the pages were fetched: it waited for them.",
+        observed=", ".join(f"{a.name.rsplit('.', 1)[-1]} on process {a.pid}" for a in waiting),
+        hint="a chord passes the results to its callback; no task should wait on another.",
+    )
 
 
 @pytest.mark.points(1)
@@ -319,11 +394,16 @@ def test_chord_of_100_pages(lab, worker, http_stub):
     settle(lab, final)
     took = time.monotonic() - begun
     posted = [r.json() for r in http_stub.hits(site.path("reports"))]
-    expect(posted == [site.report()], f"A chord of {BIG_CHORD} pages should merge them all, in order.",
-           expected=f"one report with titles Page 1 .. Page {BIG_CHORD}",
-           observed=f"{len(posted)} report(s); {len(site.page_hits())} page request(s); "
-                    f"failures: {failures(lab)[:3]}",
-           hint=blocked_hint(lab))  # fmt: skip
-    expect(took <= BIG_CHORD_BOUND,
-           f"A chord of {BIG_CHORD} pages should be published within {BIG_CHORD_BOUND:g} s.",
-           observed=f"it took {took:.1f} s")  # fmt: skip
+    expect(
+        posted == [site.report()],
+        f"A chord of {BIG_CHORD} pages should merge them all, in order.",
+        expected=f"one report with titles Page 1 .. Page {BIG_CHORD}",
+        observed=f"{len(posted)} report(s); {len(site.page_hits())} page request(s); "
+        f"failures: {failures(lab)[:3]}",
+        hint=blocked_hint(lab),
+    )
+    expect(
+        took <= BIG_CHORD_BOUND,
+        f"A chord of {BIG_CHORD} pages should be published within {BIG_CHORD_BOUND:g} s.",
+        observed=f"it took {took:.1f} s",
+    )

@@ -158,18 +158,27 @@ def test_new_key_charges_once(lab, workers, gateway):
     result = lab.send("charge", 42, 1999, key)
     lab.wait(result)
     charges = gateway.charges_for(key)
-    expect(lab.timeline.state(result.id) == "SUCCESS" and len(charges) == 1,
-           "charge(42, 1999, key) with a key never seen before should charge once and succeed.",
-           expected="SUCCESS after exactly one charge",
-           observed=f"{outcome(lab, result)}; {gateway_text(gateway, key)}",
-           hint="call gateway_charge(user_id, amount, idempotency_key) and return its receipt.")  # fmt: skip
+    expect(
+        lab.timeline.state(result.id) == "SUCCESS" and len(charges) == 1,
+        "charge(42, 1999, key) with a key never seen before should charge once and succeed.",
+        expected="SUCCESS after exactly one charge",
+        observed=f"{outcome(lab, result)}; {gateway_text(gateway, key)}",
+        hint="call gateway_charge(user_id, amount, idempotency_key) and return its receipt.",
+    )
     value = result.get(timeout=5)
-    expect(value == charges[0]["receipt"], "charge should return the gateway's receipt id.",
-           expected=repr(charges[0]["receipt"]), observed=repr(value))  # fmt: skip
+    expect(
+        value == charges[0]["receipt"],
+        "charge should return the gateway's receipt id.",
+        expected=repr(charges[0]["receipt"]),
+        observed=repr(value),
+    )
     sent = {k: charges[0].get(k) for k in ("user_id", "amount", "idempotency_key")}
-    expect(sent == {"user_id": 42, "amount": 1999, "idempotency_key": key},
-           "The gateway must get the user, the amount and the idempotency key as they were given.",
-           expected=f"user_id=42, amount=1999, idempotency_key={key!r}", observed=repr(sent))  # fmt: skip
+    expect(
+        sent == {"user_id": 42, "amount": 1999, "idempotency_key": key},
+        "The gateway must get the user, the amount and the idempotency key as they were given.",
+        expected=f"user_id=42, amount=1999, idempotency_key={key!r}",
+        observed=repr(sent),
+    )
 
 
 @pytest.mark.points(1)
@@ -183,12 +192,14 @@ def test_repeat_returns_the_first_receipt(lab, workers, gateway):
     lab.wait(second)
     values = [outcome(lab, first), outcome(lab, second)]
     calls = len(gateway.calls_for(key))
-    expect(values[0] == values[1] and values[0].startswith("'rcpt_") and calls == 1,
-           "A repeated charge (a client retry, a redelivery) must be answered from your record with the "
-           "first receipt: to the caller, a duplicate looks exactly like the original.",
-           expected="both calls return the same receipt; 1 call to the gateway",
-           observed=f"first: {values[0]}; second: {values[1]}; {gateway_text(gateway, key)}",
-           hint='save the receipt under the key and return it for a duplicate, not "duplicate".')  # fmt: skip
+    expect(
+        values[0] == values[1] and values[0].startswith("'rcpt_") and calls == 1,
+        "A repeated charge (a client retry, a redelivery) must be answered from your record with the "
+        "first receipt: to the caller, a duplicate looks exactly like the original.",
+        expected="both calls return the same receipt; 1 call to the gateway",
+        observed=f"first: {values[0]}; second: {values[1]}; {gateway_text(gateway, key)}",
+        hint='save the receipt under the key and return it for a duplicate, not "duplicate".',
+    )
 
 
 @pytest.mark.points(1)
@@ -200,12 +211,14 @@ def test_new_key_charges_again(lab, workers, gateway):
     lab.wait(results)
     values = [outcome(lab, r) for r in results]
     charged = [len(gateway.charges_for(k)) for k in keys]
-    expect(charged == [1, 1] and values[0] != values[1] and all(v.startswith("'rcpt_") for v in values),
-           "Deduplicate by the idempotency key only: the same user paying the same amount twice, with two "
-           "keys, is two purchases.",
-           expected="two charges, two different receipts",
-           observed=f"receipts: {values}; charges per key: {charged}",
-           hint="the record's key is the idempotency key, nothing else.")  # fmt: skip
+    expect(
+        charged == [1, 1] and values[0] != values[1] and all(v.startswith("'rcpt_") for v in values),
+        "Deduplicate by the idempotency key only: the same user paying the same amount twice, with two "
+        "keys, is two purchases.",
+        expected="two charges, two different receipts",
+        observed=f"receipts: {values}; charges per key: {charged}",
+        hint="the record's key is the idempotency key, nothing else.",
+    )
 
 
 @pytest.mark.points(3)
@@ -220,8 +233,11 @@ def test_duplicates_at_once_charge_once(lab, workers, gateway):
         seen = summary(lab, results) if finished(lab, results, 0.5) else "the tasks are still running"
         expect(False, "None of the copies reached the gateway.", observed=seen)
     try:  # hold until every other copy has had one go (or RELEASE_AFTER): check-then-act races now
-        lab.timeline.wait_for(lambda tl: tried_once(tl, results) >= COPIES - 1,
-                              min(RELEASE_AFTER, lab.remaining()), "the other copies")  # fmt: skip
+        lab.timeline.wait_for(
+            lambda tl: tried_once(tl, results) >= COPIES - 1,
+            min(RELEASE_AFTER, lab.remaining()),
+            "the other copies",
+        )
     except DeadlineExceeded:
         pass
     release.set()
@@ -229,14 +245,16 @@ def test_duplicates_at_once_charge_once(lab, workers, gateway):
     hosts = {a.hostname for r in results for a in lab.timeline.attempts(r.id)}
     calls = len(gateway.calls_for(key))
     values = {outcome(lab, r) for r in results}
-    expect(calls == 1 and len(values) == 1 and next(iter(values)) == repr(first["receipt"]),
-           f"{COPIES} copies of one charge ran at once in {len(hosts)} worker(s). Exactly one may reach the "
-           "gateway; the others must wait for its receipt and return it.",
-           expected=f"1 call to the gateway; {COPIES} x {first['receipt']!r}",
-           observed=f"{gateway_text(gateway, key)}; results: {summary(lab, results)}",
-           hint="`if not exists: charge; save` lets every copy pass the check before any saves. Claim the "
-                "key atomically (SET key value NX EX ttl); a copy that loses the claim retries until the "
-                "receipt is there.")  # fmt: skip
+    expect(
+        calls == 1 and len(values) == 1 and next(iter(values)) == repr(first["receipt"]),
+        f"{COPIES} copies of one charge ran at once in {len(hosts)} worker(s). Exactly one may reach the "
+        "gateway; the others must wait for its receipt and return it.",
+        expected=f"1 call to the gateway; {COPIES} x {first['receipt']!r}",
+        observed=f"{gateway_text(gateway, key)}; results: {summary(lab, results)}",
+        hint="`if not exists: charge; save` lets every copy pass the check before any saves. Claim the "
+        "key atomically (SET key value NX EX ttl); a copy that loses the claim retries until the "
+        "receipt is there.",
+    )
 
 
 @pytest.mark.points(1)
@@ -247,21 +265,25 @@ def test_failure_before_charging_frees_the_key(lab, workers, gateway):
     gateway.fail_first(key, 503)
     failed = lab.send("charge", 5, 300, key)
     lab.wait(failed)
-    expect(lab.timeline.state(failed.id) == "FAILURE" and not gateway.charges_for(key),
-           "When the gateway answers an error, nothing was charged: the task should fail (raise "
-           "GatewayError), not pretend it charged.",
-           expected="FAILURE, nothing charged",
-           observed=f"{outcome(lab, failed)}; {gateway_text(gateway, key)}")  # fmt: skip
+    expect(
+        lab.timeline.state(failed.id) == "FAILURE" and not gateway.charges_for(key),
+        "When the gateway answers an error, nothing was charged: the task should fail (raise "
+        "GatewayError), not pretend it charged.",
+        expected="FAILURE, nothing charged",
+        observed=f"{outcome(lab, failed)}; {gateway_text(gateway, key)}",
+    )
     again = lab.send("charge", 5, 300, key)
     done = finished(lab, [again], 8.0)
-    expect(done and lab.timeline.state(again.id) == "SUCCESS" and len(gateway.charges_for(key)) == 1,
-           "The customer tries again with the same key after a failure that charged nothing: it must "
-           "charge now.",
-           expected="SUCCESS after exactly one charge",
-           observed=f"{outcome(lab, again) if done else 'still not finished after 8 s'}; "
-                    f"{gateway_text(gateway, key)}",
-           hint="on GatewayError, delete your claim before re-raising (only if it is still yours), so the "
-                "key is free again.")  # fmt: skip
+    expect(
+        done and lab.timeline.state(again.id) == "SUCCESS" and len(gateway.charges_for(key)) == 1,
+        "The customer tries again with the same key after a failure that charged nothing: it must "
+        "charge now.",
+        expected="SUCCESS after exactly one charge",
+        observed=f"{outcome(lab, again) if done else 'still not finished after 8 s'}; "
+        f"{gateway_text(gateway, key)}",
+        hint="on GatewayError, delete your claim before re-raising (only if it is still yours), so the "
+        "key is free again.",
+    )
 
 
 @pytest.mark.points(3)
@@ -275,28 +297,36 @@ def test_worker_killed_mid_charge_charges_once(lab, workers, gateway):
     release = gateway.hold(key)
     result = lab.send("charge", 11, 9900, key, queue=queue)
     first = gateway.wait_charge(key, min(10.0, lab.remaining()))
-    expect(first is not None, "The task never reached the gateway.",
-           observed=lab.timeline.describe(result.id))  # fmt: skip
+    expect(
+        first is not None, "The task never reached the gateway.", observed=lab.timeline.describe(result.id)
+    )
     doomed.kill()  # SIGKILL, whole worker: the charge went through, the task never saw the receipt
     release.set()
     lab.start_worker("crash-2", concurrency=1, queues=[queue], settings=settings)
     done = finished(lab, [result], REDELIVERY_WAIT)
     tries = lab.timeline.attempts(result.id)
     acks_late = lab.task_options("charge").get("acks_late")
-    expect(len(tries) >= 2,
-           "The worker died mid-charge, and the message died with it: nothing ran the charge again, so the "
-           "customer paid and never got a receipt.",
-           expected="the message redelivered to the fresh worker",
-           observed=f"{len(tries)} attempt(s) seen; your task has acks_late={acks_late}",
-           hint="acks_late=True: ack after the task returns; an unfinished message comes back.")  # fmt: skip
-    expect(done and lab.timeline.state(result.id) == "SUCCESS",
-           "The redelivered charge must finish: its own claim from before the crash is not someone else's.",
-           expected="SUCCESS", observed=lab.timeline.describe(result.id) + f"; {gateway_text(gateway, key)}",
-           hint="a redelivered message keeps its task id (self.request.id): store it in the claim and "
-                "carry on when the claim is yours; the gateway dedupes by key.")  # fmt: skip
+    expect(
+        len(tries) >= 2,
+        "The worker died mid-charge, and the message died with it: nothing ran the charge again, so the "
+        "customer paid and never got a receipt.",
+        expected="the message redelivered to the fresh worker",
+        observed=f"{len(tries)} attempt(s) seen; your task has acks_late={acks_late}",
+        hint="acks_late=True: ack after the task returns; an unfinished message comes back.",
+    )
+    expect(
+        done and lab.timeline.state(result.id) == "SUCCESS",
+        "The redelivered charge must finish: its own claim from before the crash is not someone else's.",
+        expected="SUCCESS",
+        observed=lab.timeline.describe(result.id) + f"; {gateway_text(gateway, key)}",
+        hint="a redelivered message keeps its task id (self.request.id): store it in the claim and "
+        "carry on when the claim is yours; the gateway dedupes by key.",
+    )
     value, charged = result.get(timeout=5), gateway.charges_for(key)
-    expect(len(charged) == 1 and value == first["receipt"],
-           "Redelivered after a crash, the charge must not charge twice and must return the first receipt.",
-           expected=f"1 charge; result {first['receipt']!r}",
-           observed=f"{gateway_text(gateway, key)}; result {value!r}",
-           hint="send the same idempotency_key to the gateway: it makes asking again safe.")  # fmt: skip
+    expect(
+        len(charged) == 1 and value == first["receipt"],
+        "Redelivered after a crash, the charge must not charge twice and must return the first receipt.",
+        expected=f"1 charge; result {first['receipt']!r}",
+        observed=f"{gateway_text(gateway, key)}; result {value!r}",
+        hint="send the same idempotency_key to the gateway: it makes asking again safe.",
+    )

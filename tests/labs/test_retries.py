@@ -34,13 +34,24 @@ def test_success_on_first_try(lab, worker, http_stub):
     url = http_stub.script("/ok", [200])
     result = lab.send("fetch", url)
     lab.wait(result)
-    expect(lab.timeline.state(result.id) == "SUCCESS", "fetch(url) of a healthy server should succeed.",
-           expected="SUCCESS", observed=attempts_text(lab, result))  # fmt: skip
+    expect(
+        lab.timeline.state(result.id) == "SUCCESS",
+        "fetch(url) of a healthy server should succeed.",
+        expected="SUCCESS",
+        observed=attempts_text(lab, result),
+    )
     value = result.get(timeout=5)
-    expect(value == {"path": "/ok", "attempt": 1, "status": 200}, "fetch should return the reply's JSON body.",
-           expected="{'path': '/ok', 'attempt': 1, 'status': 200}", observed=repr(value))  # fmt: skip
-    expect(len(http_stub.hits("/ok")) == 1, "A healthy server should be called once.",
-           observed=f"{len(http_stub.hits('/ok'))} requests")  # fmt: skip
+    expect(
+        value == {"path": "/ok", "attempt": 1, "status": 200},
+        "fetch should return the reply's JSON body.",
+        expected="{'path': '/ok', 'attempt': 1, 'status': 200}",
+        observed=repr(value),
+    )
+    expect(
+        len(http_stub.hits("/ok")) == 1,
+        "A healthy server should be called once.",
+        observed=f"{len(http_stub.hits('/ok'))} requests",
+    )
 
 
 @pytest.mark.points(1)
@@ -51,10 +62,13 @@ def test_client_error_fails_at_once(lab, worker, http_stub):
     result = lab.send("fetch", url)
     lab.wait(result)
     hits = len(http_stub.hits("/missing"))
-    expect(lab.timeline.state(result.id) == "FAILURE" and hits == 1,
-           "A 4xx means the request itself is wrong; asking again cannot help.",
-           expected="FAILURE after exactly 1 request", observed=f"{attempts_text(lab, result)}; {hits} request(s)",
-           hint="raise an exception for 4xx that is NOT in autoretry_for.")  # fmt: skip
+    expect(
+        lab.timeline.state(result.id) == "FAILURE" and hits == 1,
+        "A 4xx means the request itself is wrong; asking again cannot help.",
+        expected="FAILURE after exactly 1 request",
+        observed=f"{attempts_text(lab, result)}; {hits} request(s)",
+        hint="raise an exception for 4xx that is NOT in autoretry_for.",
+    )
 
 
 @pytest.mark.points(2)
@@ -65,10 +79,13 @@ def test_retries_server_errors_until_success(lab, worker, http_stub):
     result = lab.send("fetch", url)
     lab.wait(result)
     tries = lab.timeline.attempts(result.id)
-    expect(lab.timeline.state(result.id) == "SUCCESS" and len(tries) == 3,
-           "A 5xx is worth retrying: the server may recover.",
-           expected="3 attempts (503, 502, 200), then SUCCESS", observed=attempts_text(lab, result),
-           hint="httpx does not raise on a 5xx by itself; raise an exception that autoretry_for names.")  # fmt: skip
+    expect(
+        lab.timeline.state(result.id) == "SUCCESS" and len(tries) == 3,
+        "A 5xx is worth retrying: the server may recover.",
+        expected="3 attempts (503, 502, 200), then SUCCESS",
+        observed=attempts_text(lab, result),
+        hint="httpx does not raise on a 5xx by itself; raise an exception that autoretry_for names.",
+    )
 
 
 @pytest.mark.points(1)
@@ -79,11 +96,14 @@ def test_retries_connection_errors(lab, worker, http_stub):
     result = lab.send("fetch", url)
     lab.wait(result)
     tries = lab.timeline.attempts(result.id)
-    expect(lab.timeline.state(result.id) == "SUCCESS" and len(tries) == 2,
-           "A dropped connection is worth retrying.",
-           expected="2 attempts (reset, 200), then SUCCESS", observed=attempts_text(lab, result),
-           hint="httpx.ConnectError and ReadError are not builtin ConnectionError subclasses; "
-                "what is their common httpx parent?")  # fmt: skip
+    expect(
+        lab.timeline.state(result.id) == "SUCCESS" and len(tries) == 2,
+        "A dropped connection is worth retrying.",
+        expected="2 attempts (reset, 200), then SUCCESS",
+        observed=attempts_text(lab, result),
+        hint="httpx.ConnectError and ReadError are not builtin ConnectionError subclasses; "
+        "what is their common httpx parent?",
+    )
 
 
 @pytest.mark.points(1)
@@ -95,13 +115,19 @@ def test_request_has_a_timeout(lab, worker, http_stub):
     lab.wait(result)
     tries = lab.timeline.attempts(result.id)
     first = tries[0].duration if tries and tries[0].duration is not None else None
-    expect(first is not None and first <= REQUEST_TIMEOUT + 0.8,
-           "A request without a short timeout blocks a worker process for as long as the server likes.",
-           expected=f"the first attempt gives up after at most {REQUEST_TIMEOUT:g} s",
-           observed=f"it took {first:.1f} s" if first is not None else attempts_text(lab, result),
-           hint="httpx.get(url, timeout=1.0)")  # fmt: skip
-    expect(lab.timeline.state(result.id) == "SUCCESS" and len(tries) == 2, "A timeout is worth retrying.",
-           expected="2 attempts (timeout, 200), then SUCCESS", observed=attempts_text(lab, result))  # fmt: skip
+    expect(
+        first is not None and first <= REQUEST_TIMEOUT + 0.8,
+        "A request without a short timeout blocks a worker process for as long as the server likes.",
+        expected=f"the first attempt gives up after at most {REQUEST_TIMEOUT:g} s",
+        observed=f"it took {first:.1f} s" if first is not None else attempts_text(lab, result),
+        hint="httpx.get(url, timeout=1.0)",
+    )
+    expect(
+        lab.timeline.state(result.id) == "SUCCESS" and len(tries) == 2,
+        "A timeout is worth retrying.",
+        expected="2 attempts (timeout, 200), then SUCCESS",
+        observed=attempts_text(lab, result),
+    )
 
 
 @pytest.mark.points(2)
@@ -112,10 +138,13 @@ def test_gives_up_after_three_retries(lab, worker, http_stub):
     result = lab.send("fetch", url)
     lab.wait(result)
     tries = lab.timeline.attempts(result.id)
-    expect(lab.timeline.state(result.id) == "FAILURE" and len(tries) == MAX_RETRIES + 1,
-           "Retries must end: give up after 3 retries and let the task fail.",
-           expected=f"{MAX_RETRIES + 1} attempts, then FAILURE", observed=attempts_text(lab, result),
-           hint="max_retries=3 (and retry on 5xx at all).")  # fmt: skip
+    expect(
+        lab.timeline.state(result.id) == "FAILURE" and len(tries) == MAX_RETRIES + 1,
+        "Retries must end: give up after 3 retries and let the task fail.",
+        expected=f"{MAX_RETRIES + 1} attempts, then FAILURE",
+        observed=attempts_text(lab, result),
+        hint="max_retries=3 (and retry on 5xx at all).",
+    )
 
 
 @pytest.mark.points(2)
@@ -125,16 +154,27 @@ def test_backoff_is_exponential_capped_and_jittered(lab, worker, http_stub):
     results = [lab.send("fetch", http_stub.script(f"/down-{i}", [503])) for i in range(4)]
     lab.wait(results)
     gaps = [lab.timeline.gaps(r.id) for r in results]
-    expect(all(len(g) == MAX_RETRIES for g in gaps), "Each task should retry 3 times against a dead server.",
-           expected=f"{MAX_RETRIES} waits per task", observed=f"waits per task: {[len(g) for g in gaps]}")  # fmt: skip
+    expect(
+        all(len(g) == MAX_RETRIES for g in gaps),
+        "Each task should retry 3 times against a dead server.",
+        expected=f"{MAX_RETRIES} waits per task",
+        observed=f"waits per task: {[len(g) for g in gaps]}",
+    )
     shown = "; ".join(", ".join(f"{x:.1f}" for x in g) for g in gaps)
     too_long = [(n, x) for g in gaps for n, x in enumerate(g) if x > BOUNDS[n] + SLACK]
-    expect(not too_long, "Each wait must stay within the exponential bound and the 2 s cap.",
-           expected=f"wait before retry n+1 within 0..{BOUNDS} s", observed=f"waits (s): {shown}",
-           hint="retry_backoff=1 with retry_backoff_max=2.")  # fmt: skip
+    expect(
+        not too_long,
+        "Each wait must stay within the exponential bound and the 2 s cap.",
+        expected=f"wait before retry n+1 within 0..{BOUNDS} s",
+        observed=f"waits (s): {shown}",
+        hint="retry_backoff=1 with retry_backoff_max=2.",
+    )
     flat = [x for g in gaps for x in g]
     deterministic = all(abs(x - BOUNDS[n]) < SLACK for g in gaps for n, x in enumerate(g))
-    expect(not deterministic and max(flat) >= 0.9,
-           "Waits must be jittered (random 0..bound) yet real (not all zero).",
-           expected="waits spread over 0..bound across tasks", observed=f"waits (s): {shown}",
-           hint="retry_jitter=True; without it every client retries in lockstep (thundering herd).")  # fmt: skip
+    expect(
+        not deterministic and max(flat) >= 0.9,
+        "Waits must be jittered (random 0..bound) yet real (not all zero).",
+        expected="waits spread over 0..bound across tasks",
+        observed=f"waits (s): {shown}",
+        hint="retry_jitter=True; without it every client retries in lockstep (thundering herd).",
+    )

@@ -78,8 +78,13 @@ def flaky(self):
 
 
 # retries-011: the cheat sheet's §15 task, verbatim
-@app.task(bind=True, autoretry_for=(TimeoutError, ConnectionError), retry_backoff=2, retry_jitter=True,
-          max_retries=6)  # fmt: skip
+@app.task(
+    bind=True,
+    autoretry_for=(TimeoutError, ConnectionError),
+    retry_backoff=2,
+    retry_jitter=True,
+    max_retries=6,
+)
 def call_api(self, url):
     resp = httpx.get(url, timeout=5)
     resp.raise_for_status()
