@@ -98,3 +98,20 @@ def test_ctrl_c_during_a_grade_leaves_nothing_behind(home, no_orphans):
     out, _ = grader.communicate(timeout=60)
     assert grader.returncode != 0
     assert "Traceback" not in out
+
+
+def test_a_machine_without_redis_grades_on_the_embedded_server(home, tmp_path, no_orphans):
+    """The README's first command on a fresh machine: no broker answers, so the kit brings its own."""
+    dead = f"redis://127.0.0.1:{brokers.free_port()}/0"
+    done = run_celerylab(
+        "grade",
+        "retries",
+        "-k",
+        "first_try",
+        "--report-dir",
+        str(tmp_path),
+        env={"CELERYLAB_REDIS_URL": dead, "CELERYLAB_BROKER_URL": ""},
+    )
+    report = json.loads((tmp_path / "retries.json").read_text())
+    assert done.returncode == 0 and report["broker"].startswith("embedded: redis://127.0.0.1:")
+    assert "valkey" in report["broker"]
