@@ -149,7 +149,11 @@ def _shown(path: Path) -> str:
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     outcome = yield
     rep: pytest.TestReport = outcome.get_result()
-    if not _is_graded(item) or rep.when == "teardown" and rep.passed:
+    if not _is_graded(item):
+        return
+    phases = _report(item.config, lab_name(Path(item.fspath))).phases
+    phases[f"in_{rep.when}"] = round(phases.get(f"in_{rep.when}", 0.0) + rep.duration, 3)  # for the benchmark
+    if rep.when == "teardown" and rep.passed:
         return
     if rep.when == "call" or rep.failed:
         message = _message(call) if rep.failed else ""

@@ -145,25 +145,40 @@ class LabSession:
     # -- workers ----------------------------------------------------------------------------------
     def worker(self, key: str = "w1", **options: Any) -> Worker:
         """A ready worker, reused while alive and idle; replaced if a previous test left it busy."""
-        worker = self._reused.get(key)
-        if worker is not None and (not worker.alive or not worker.ping(1.0) or worker.busy()):
-            worker.stop()
-            worker = None
-        if worker is None:
-            worker = self._reused[key] = self.start_worker(key, **options)
-        return worker
+        return self.workers([key], **options)[0]
+
+    def workers(self, keys: Sequence[str], **options: Any) -> list[Worker]:
+        """Several reused workers with the same options; any that must (re)start start side by side."""
+        fresh = []
+        for key in keys:
+            worker = self._reused.get(key)
+            if worker is not None and (not worker.alive or not worker.ping(1.0) or worker.busy()):
+                worker.stop()
+                worker = None
+            if worker is None:
+                fresh.append(key)
+        for worker in self._start_workers(fresh, options):
+            self._reused[worker.name] = worker
+        return [self._reused[key] for key in keys]
 
     def start_worker(self, name: str, **options: Any) -> Worker:
         """A new worker this caller owns (stop it, or let the session do it at the end)."""
-        worker = Worker(self.ns, self.folder, name=name, log_path=self._log_path(name), **options)
-        self._started.append(worker)
+        return self._start_workers([name], options)[0]
+
+    def _start_workers(self, names: Sequence[str], options: dict[str, Any]) -> list[Worker]:
+        """Spawn every worker first, then wait for each: n start-ups cost about one."""
+        workers = [Worker(self.ns, self.folder, name=n, log_path=self._log_path(n), **options) for n in names]
+        self._started.extend(workers)
         begun = time.monotonic()
         try:
-            worker.spawn()
+            for worker in workers:
+                worker.spawn()
             self.require_import()  # the probe ran meanwhile; a broken module gets its clear verdict here
-            worker.wait_ready()
+            for worker in workers:
+                worker.wait_ready()
         except LabFailure:
-            worker.stop()
+            for worker in workers:
+                worker.stop()
             raise
         except WorkerError as exc:
             raise LabFailure(
@@ -175,7 +190,7 @@ class LabSession:
             ) from None
         finally:
             self.worker_start_seconds += time.monotonic() - begun
-        return worker
+        return workers
 
     def start_beat(self, settings: dict[str, Any] | None = None) -> Beat:
         self.require_import()

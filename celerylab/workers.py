@@ -114,7 +114,7 @@ class Worker(_Process):
         log_path: Path | None = None,
     ) -> None:
         super().__init__(ns, folder, settings, module, log_path)
-        self.hostname = ns.hostname(name)
+        self.name, self.hostname = name, ns.hostname(name)
         self.concurrency, self.pool = concurrency, pool
         self.queues = list(queues or [ns.queue])
         if prefetch_multiplier is not None:

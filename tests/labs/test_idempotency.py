@@ -108,7 +108,7 @@ def workers(lab, gateway):
     """Two workers, two pool processes each, on the default queue (reused across tests). Prefetch 1: a
     worker holds only what it runs, so a burst of copies spreads over all four processes."""
     settings = {"gateway_url": gateway.base_url}
-    yield [lab.worker(name, concurrency=2, prefetch_multiplier=1, settings=settings) for name in ("a", "b")]
+    yield lab.workers(["a", "b"], concurrency=2, prefetch_multiplier=1, settings=settings)
     gateway.release_all()
 
 
