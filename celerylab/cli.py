@@ -191,10 +191,10 @@ def cmd_progress(args: argparse.Namespace) -> int:
             lab.name, best, str(entry.get("graded", 0)), f"{entry.get('hints', 0)}/{len(lab.hints)}"
         )
     console.print(table)
-    mastery = Table("section", "quiz mastery")
+    mastery = Table("§", "section", "quiz mastery")
     for section, (mastered, total) in sorted(quiz.mastery_by_section(progress).items()):
         bar = "█" * round(10 * mastered / total) if total else ""
-        mastery.add_row(str(section), f"{bar:<10} {mastered}/{total}")
+        mastery.add_row(str(section), labs.SECTIONS.get(section, ""), f"{bar:<10} {mastered}/{total}")
     console.print(mastery)
     return 0
 

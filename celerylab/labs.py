@@ -19,6 +19,27 @@ from pathlib import Path
 
 from celerylab.paths import kit_root
 
+SECTIONS = {  # the cheat sheet's section titles (0: its interview answer template)
+    0: "Interview answer template",
+    1: "What is Celery? When to use it",
+    2: "Core architecture",
+    3: "Minimal example",
+    4: "Django integration",
+    5: "Retries & backoff",
+    6: "Idempotency",
+    7: "ETA / countdown / scheduling",
+    8: "Chaining / grouping / chords",
+    9: "Acknowledgements & reliability",
+    10: "Concurrency, prefetch, rate limit",
+    11: "Routing & multiple queues",
+    12: "RabbitMQ vs Redis broker",
+    13: "Monitoring",
+    14: "Common pitfalls",
+    15: "Example: robust HTTP task",
+    16: "Exactly-once?",
+    17: "Graceful shutdown",
+}
+
 REQUIRED = {
     "title": str,
     "order": int,
