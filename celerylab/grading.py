@@ -35,6 +35,7 @@ BACKSTOP_MARGIN = 60.0
 VERDICTS = (LabFailure, DeadlineExceeded, WorkerError, BrokerUnavailable)
 _REPORTS = pytest.StashKey[dict[str, GradeReport]]()
 _BROKER = pytest.StashKey[dict[str, float]]()
+_RUN = pytest.StashKey[LabRun]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -121,9 +122,6 @@ def lab(request: pytest.FixtureRequest, lab_session: LabSession) -> LabRun:
     return run
 
 
-_RUN = pytest.StashKey[LabRun]()
-
-
 @pytest.fixture(scope="module")
 def http_stub() -> Iterator[ScriptedHTTPServer]:
     """A scripted loopback HTTP server the learner's tasks call; it records every request."""
@@ -151,7 +149,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     rep: pytest.TestReport = outcome.get_result()
     if not _is_graded(item):
         return
-    phases = _report(item.config, lab_name(Path(item.fspath))).phases
+    report = _report(item.config, lab_name(Path(item.fspath)))
+    phases = report.phases
     phases[f"in_{rep.when}"] = round(phases.get(f"in_{rep.when}", 0.0) + rep.duration, 3)  # for the benchmark
     if rep.when == "teardown" and rep.passed:
         return
@@ -179,7 +178,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
             backoff_wait=round(run.backoff_wait, 3) if run else 0.0,
             log=log[-3000:],
         )
-        report = _report(item.config, lab_name(Path(item.fspath)))
         report.tests = [t for t in report.tests if t.id != item.nodeid] + [result]
 
 
