@@ -53,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--target", metavar="PATH", help="grade the tasks.py in PATH (a lab folder)")
     p.add_argument("--broker", default=None, help=BROKER_HELP)
     p.add_argument("-k", dest="keyword", metavar="EXPR", help="only the tests matching EXPR (pytest -k)")
-    p.add_argument("-v", "--verbose", action="store_true", help="one line per test while grading")
+    p.add_argument(
+        "-v", "--verbose", action="store_true", help="one line per test, and the timeline of each failed test"
+    )
     p.add_argument(
         "--report-dir", metavar="DIR", help="where to write <lab>.json (default .celerylab/reports)"
     )

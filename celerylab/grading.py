@@ -177,6 +177,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
             duration=round(rep.duration, 3),
             backoff_wait=round(run.backoff_wait, 3) if run else 0.0,
             log=log[-3000:],
+            timeline=run.timeline.table() if (run and rep.failed) else "",
         )
         report.tests = [t for t in report.tests if t.id != item.nodeid] + [result]
 
@@ -206,10 +207,11 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
     for report in config.stash.get(_REPORTS, {}).values():
         if report.tests:
-            write_score_table(terminalreporter, report)
+            write_score_table(terminalreporter, report, timelines=config.option.verbose > 0)
 
 
-def write_score_table(tr, report: GradeReport) -> None:
+def write_score_table(tr, report: GradeReport, timelines: bool = False) -> None:
+    """The verdicts; with ``timelines`` (``-v``), what the workers did during each failed test too."""
     tr.write_sep("=", f"celerylab · {report.lab} · {report.target}")
     tr.write_line(f"broker: {report.broker}")
     for t in report.tests:
@@ -218,6 +220,10 @@ def write_score_table(tr, report: GradeReport) -> None:
         tr.write_line(t.title)
         for line in t.message.splitlines()[:25]:
             tr.write_line(f"         {line}")
+        if timelines and t.status == "fail" and t.timeline:
+            tr.write_line("         what the workers did:")
+            for line in t.timeline.splitlines()[:30]:
+                tr.write_line(f"           {line}")
     full = report.full_marks
     tr.write_line(
         f"Score: {report.score:g}/{report.max_score:g}" + ("  — full marks!" if full else ""),

@@ -26,7 +26,8 @@ class TestResult:
     message: str = ""
     duration: float = 0.0
     backoff_wait: float = 0.0  # seconds the test had to wait for countdowns the lab's rules impose
-    log: str = ""
+    log: str = ""  # the tail of the worker logs, for a failed test
+    timeline: str = ""  # Timeline.table() of a failed test: every attempt, which process, outcome
 
 
 @dataclass

@@ -160,7 +160,12 @@ def _attempt_failed(
     exception: BaseException | None = None,
     **_: Any,
 ) -> None:
-    error = exception if exception is not None else getattr(reason, "exc", None) or reason
+    if exception is not None:
+        # Celery hands the signal a picklable stand-in (httpx.HTTPStatusError becomes its base HTTPError);
+        # the handler runs inside Celery's except block, where the original is still at hand.
+        error = sys.exc_info()[1] or exception
+    else:
+        error = getattr(reason, "exc", None) or reason
     task_id = task_id or getattr(request, "id", None)
     if task_id and error is not None:
         _errors[task_id] = f"{type(error).__name__}({str(error)[:200]!r})"
