@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 import textwrap
 import time
 from datetime import UTC, datetime, timedelta
@@ -19,7 +21,7 @@ from celerylab.namespaces import Namespace
 from celerylab.stubs import ScriptedHTTPServer
 from celerylab.timeline import Recorder
 from celerylab.workers import Worker, WorkerError, start_worker
-from tests.kit.conftest import is_gone
+from tests.kit.conftest import is_gone, kit_processes
 
 TASKS = """
 import os, time
@@ -171,9 +173,6 @@ def test_stub_server_follows_its_script_and_records_requests():
 
 def test_sigterm_to_the_owner_kills_its_children(tmp_path, folder, no_orphans):
     """A grader stopped by SIGTERM (CI cancelling, a closed terminal) takes its workers with it."""
-    import subprocess
-    import sys
-
     script = tmp_path / "owner.py"
     script.write_text(
         textwrap.dedent(f"""
@@ -220,3 +219,30 @@ def test_fire_times_replays_beat_without_waiting():
     assert all(t.weekday() < 5 and t.minute % 15 == 0 for t in weekdays)
     every_30s = fire_times(30, monday, monday + timedelta(minutes=5), app, step=timedelta(seconds=10))
     assert [t - monday for t in every_30s] == [timedelta(seconds=s) for s in range(30, 300, 30)]
+
+
+def test_a_killed_owner_takes_its_workers_and_broker_with_it(tmp_path, folder, no_orphans):
+    """kill -9 of the grader: no cleanup code runs, yet the parent-death signal ends what it started."""
+    script = tmp_path / "owner.py"
+    script.write_text(
+        textwrap.dedent(f"""
+        import time
+        from celerylab.brokers import open_broker
+        from celerylab.namespaces import Namespace
+        from celerylab.workers import Worker
+        with open_broker("embedded") as b:
+            Worker(Namespace(b, "own"), {str(folder)!r}, concurrency=2).start()
+            print("ready", flush=True)
+            time.sleep(60)
+    """)
+    )
+    owner = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    assert owner.stdout.readline().strip() == "ready"
+    started = kit_processes(no_orphans)
+    assert len(started) >= 2, "a worker and a valkey server should be running"
+    owner.kill()
+    owner.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while kit_processes(no_orphans):
+        assert time.monotonic() < deadline, f"still running: {kit_processes(no_orphans)}"
+        time.sleep(0.1)
