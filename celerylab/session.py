@@ -277,6 +277,3 @@ class LabRun:
             return self.timeline.wait_for(predicate, limit, what)
         except DeadlineExceeded as exc:
             raise LabFailure(verdict(f"Gave up waiting for {what}.", observed=str(exc))) from None
-
-    def states(self, results: Sequence[AsyncResult]) -> list[str | None]:
-        return [self.timeline.state(r.id) for r in results]
