@@ -16,8 +16,8 @@ from collections.abc import Callable, Sequence
 from typing import IO
 
 from celerylab.progress import Progress
-from celerylab.quiz import Terminal, reflow
-from celerylab.quizbank import BankError, Question, load_bank, next_session, record, select
+from celerylab.quiz import NoSession, Terminal, plan_session, reflow
+from celerylab.quizbank import Question, record
 
 DEFAULT_TIME_LIMIT = 120.0
 
@@ -104,17 +104,12 @@ def run_interview(
         term.say("The question count and the time limit must be positive.")
         return 2
     try:
-        bank = load_bank()
-    except BankError as exc:
+        questions, progress, session = plan_session(
+            lambda bank: _choose(bank, question), count, progress, rng
+        )
+    except NoSession as exc:
         term.say(str(exc))
-        return 1
-    pool, problem = _choose(bank, question)
-    if problem:
-        term.say(problem)
-        return 2
-    progress = progress or Progress.load()
-    questions = select(pool, progress.quiz, count, rng)
-    session = next_session(progress.quiz)
+        return exc.code
     term.say(f"Mock interview: {len(questions)} question(s), {fmt_duration(time_limit)} each.", style="bold")
     term.say("Answer as you would out loud. Type your answer; an empty line ends it.", style="dim")
     passed = points = max_points = late = answered = 0

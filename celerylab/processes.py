@@ -23,31 +23,48 @@ _lock = threading.Lock()
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except OSError:
-        pass
+def _prepare_child() -> None:  # runs in the child between fork and exec
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})  # the mask survives exec
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        except OSError:
+            pass
 
 
 def spawn(
     argv: Sequence[str], *, log_path: Path, env: dict[str, str] | None = None, cwd: Path | None = None
 ) -> subprocess.Popen:
-    """Start ``argv`` in its own session, output appended to ``log_path``, registered for cleanup."""
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(
-            list(argv),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            cwd=cwd,
-            start_new_session=True,
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
-        )
-    with _lock:
-        _live[proc.pid] = proc
+    """Start ``argv`` in its own session, output appended to ``log_path``, registered for cleanup.
+
+    Ctrl-C is held off until the child is registered: a KeyboardInterrupt between fork and registration
+    would leave a child nobody knows to stop."""
+    held = _hold_interrupts()
+    try:
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(
+                list(argv),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                cwd=cwd,
+                start_new_session=True,
+                preexec_fn=_prepare_child,
+            )
+        with _lock:
+            _live[proc.pid] = proc
+    finally:
+        if held:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     return proc
+
+
+def _hold_interrupts() -> bool:
+    if threading.current_thread() is not threading.main_thread():
+        return False  # signals are delivered to the main thread only
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    return True
 
 
 def kill_group(proc: subprocess.Popen, sig: int = signal.SIGKILL, wait: float = 5.0) -> None:

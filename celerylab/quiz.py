@@ -13,7 +13,7 @@ import random
 import re
 import string
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import IO
 
 from rich.console import Console
@@ -194,6 +194,33 @@ def choose_pool(
     return pool, None
 
 
+class NoSession(Exception):
+    """The questions could not be chosen; ``code`` is the exit code (1: broken bank, 2: bad filter)."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def plan_session(
+    choose: Callable[[list[Question]], tuple[list[Question], str | None]],
+    count: int,
+    progress: Progress | None,
+    rng: random.Random | None,
+) -> tuple[list[Question], Progress, int]:
+    """Load the bank, keep what ``choose`` picks, and take today's ``count`` questions from it (missed
+    first); returns them with the progress they are recorded in and the session number."""
+    try:
+        bank = load_bank()
+    except BankError as exc:
+        raise NoSession(str(exc), 1) from None
+    pool, problem = choose(bank)
+    if problem:
+        raise NoSession(problem, 2)
+    progress = progress or Progress.load()
+    return select(pool, progress.quiz, count, rng), progress, next_session(progress.quiz)
+
+
 def run_quiz(
     topics: list[str] | None,
     count: int,
@@ -210,17 +237,12 @@ def run_quiz(
         term.say("The question count must be at least 1.")
         return 2
     try:
-        bank = load_bank()
-    except BankError as exc:
+        questions, progress, session = plan_session(
+            lambda bank: choose_pool(bank, topics, sections), count, progress, rng
+        )
+    except NoSession as exc:
         term.say(str(exc))
-        return 1
-    pool, problem = choose_pool(bank, topics, sections)
-    if problem:
-        term.say(problem)
-        return 2
-    progress = progress or Progress.load()
-    questions = select(pool, progress.quiz, count, rng)
-    session = next_session(progress.quiz)
+        return exc.code
     term.say(f"celerylab quiz: {len(questions)} questions; missed ones come back first.", style="bold")
     term.say("Stop any time with Ctrl-D or Ctrl-C; every answer is saved as you go.", style="dim")
     right = asked = 0

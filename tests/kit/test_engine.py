@@ -117,6 +117,7 @@ def test_warm_stop_lets_the_running_task_finish(ns, folder, no_orphans):
         timeline.wait_for(lambda tl: tl.attempts(result.id), 10, "the task to start")
         worker.stop(warm=True)
         assert timeline.state(result.id) == "SUCCESS"
+        assert worker.proc.returncode == 0, "it should have exited by itself on SIGTERM, not been killed"
 
 
 def test_a_worker_that_cannot_import_reports_its_log(ns, tmp_path, no_orphans):
