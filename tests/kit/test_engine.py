@@ -172,12 +172,13 @@ def test_stub_server_follows_its_script_and_records_requests():
             httpx.get(stub.script("/h", ["hang"]), timeout=0.3)
 
 
-def test_sigterm_to_the_owner_kills_its_children(tmp_path, folder, no_orphans):
-    """A grader stopped by SIGTERM (CI cancelling, a closed terminal) takes its workers with it."""
+def start_owner(tmp_path, folder) -> subprocess.Popen:
+    """A separate Python process that starts an embedded broker and a worker, then idles: a stand-in
+    for a grader, to be stopped from outside."""
     script = tmp_path / "owner.py"
     script.write_text(
         textwrap.dedent(f"""
-        import sys, time
+        import time
         from celerylab.brokers import open_broker
         from celerylab.namespaces import Namespace
         from celerylab.workers import Worker
@@ -189,6 +190,12 @@ def test_sigterm_to_the_owner_kills_its_children(tmp_path, folder, no_orphans):
     )
     owner = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     assert owner.stdout.readline().strip() == "ready"
+    return owner
+
+
+def test_sigterm_to_the_owner_kills_its_children(tmp_path, folder, no_orphans):
+    """A grader stopped by SIGTERM (CI cancelling, a closed terminal) takes its workers with it."""
+    owner = start_owner(tmp_path, folder)
     owner.send_signal(signal.SIGTERM)
     owner.wait(timeout=20)
 
@@ -224,21 +231,7 @@ def test_fire_times_replays_beat_without_waiting():
 
 def test_a_killed_owner_takes_its_workers_and_broker_with_it(tmp_path, folder, no_orphans):
     """kill -9 of the grader: no cleanup code runs, yet the parent-death signal ends what it started."""
-    script = tmp_path / "owner.py"
-    script.write_text(
-        textwrap.dedent(f"""
-        import time
-        from celerylab.brokers import open_broker
-        from celerylab.namespaces import Namespace
-        from celerylab.workers import Worker
-        with open_broker("embedded") as b:
-            Worker(Namespace(b, "own"), {str(folder)!r}, concurrency=2).start()
-            print("ready", flush=True)
-            time.sleep(60)
-    """)
-    )
-    owner = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
-    assert owner.stdout.readline().strip() == "ready"
+    owner = start_owner(tmp_path, folder)
     started = kit_processes(no_orphans)
     assert len(started) >= 2, "a worker and a valkey server should be running"
     owner.kill()
