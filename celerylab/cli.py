@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
+import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from rich.console import Console
@@ -60,7 +63,32 @@ def build_parser() -> argparse.ArgumentParser:
         "--report-dir", metavar="DIR", help="where to write <lab>.json (default .celerylab/reports)"
     )
     p.add_argument("--gradescope", metavar="FILE", help="also write a Gradescope results.json")
+    p.add_argument(
+        "--repeat",
+        type=int,
+        metavar="N",
+        help="grade N times and show each test's pass rate (a race shows up as 17/20, not a lucky pass)",
+    )
+    p.add_argument(
+        "--tz", help="time zone for grader and workers (default UTC+05:45: catches naive datetimes)"
+    )
     p.set_defaults(func=cmd_grade)
+
+    p = sub.add_parser(
+        "check",
+        help="for kit authors: every mutant caught where its rule is judged, every variant full marks",
+    )
+    p.add_argument("labs", nargs="*", help="lab names (default: all)")
+    p.add_argument("--repeat", type=int, default=1, metavar="N", help="grade each N times (default 1)")
+    p.add_argument("--broker", default=None, help=BROKER_HELP)
+    p.add_argument(
+        "--only",
+        choices=["solution", "variant", "mutant"],
+        action="append",
+        help="only these kinds (repeatable)",
+    )
+    p.add_argument("--jobs", type=int, default=2, help="grades at a time (default 2)")
+    p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("hint", help="reveal the next hint of a lab")
     p.add_argument("lab")
@@ -78,6 +106,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--section", type=int, action="append", help="a cheat-sheet section number, repeatable")
     p.add_argument("--count", type=int, default=10, help="how many questions (default 10)")
     p.set_defaults(func=cmd_quiz)
+    quiz_sub = p.add_subparsers(metavar="SUBCOMMAND", dest="quiz_command")
+    score = quiz_sub.add_parser(
+        "score",
+        help="score one answer read from stdin against a question's rubric",
+        description=(
+            "Read an answer on stdin and score it against QUESTION_ID's rubric: the key points found "
+            "(with the words of the answer that made them), the points missed (and any denial that "
+            "cancelled one), and the score. A point counts only when the answer asserts it: not when "
+            "negated nearby, not inside a longer word, not for a word every answer has. "
+            "Exit 0 when the answer passes, 1 when it does not, 2 for an unknown question id. "
+            "Example: echo 'the visibility timeout' | celerylab quiz score brokers-007"
+        ),
+    )
+    score.add_argument(
+        "question_id", metavar="QUESTION_ID", help="a question id, e.g. interview_template-001"
+    )
+    score.set_defaults(func=cmd_quiz_score)
 
     p = sub.add_parser("interview", help="a mock interview: open questions under a timer, scored")
     p.add_argument("--count", type=int, default=3, help="how many questions (default 3)")
@@ -118,6 +163,13 @@ def cmd_grade(args: argparse.Namespace) -> int:
         with brokers.open_broker(args.broker):  # fail fast, once, rather than once per test
             pass
     target = "solutions" if args.solutions else (str(Path(args.target).resolve()) if args.target else "labs")
+    if args.target and not Path(args.target).exists():
+        console.print(
+            f"[red]celerylab: {args.target} does not exist (give a lab folder or a .py file).[/red]"
+        )
+        return 2
+    if args.repeat:
+        return _grade_repeatedly(lab, target, args)
     report_dir = Path(args.report_dir) if args.report_dir else state_dir() / "reports"
     report_path = report_dir / f"{lab.name}.json"
     report_path.unlink(missing_ok=True)
@@ -142,7 +194,18 @@ def cmd_grade(args: argparse.Namespace) -> int:
         pytest_args += ["--broker", args.broker]
     if args.keyword:
         pytest_args += ["-k", args.keyword]
-    code = pytest.main(pytest_args)
+    if args.tz:
+        pytest_args += ["--tz", args.tz]
+    interrupt = _Interrupt()
+    with interrupt.armed():
+        code = pytest.main(pytest_args, plugins=[interrupt])
+    if code == pytest.ExitCode.INTERRUPTED or interrupt.seen:
+        console.print(
+            "[yellow]celerylab: grade interrupted; every worker, beat and broker it started is stopped."
+            "[/yellow]",
+            soft_wrap=True,
+        )
+        return 130
     if not report_path.exists():
         console.print(
             f"[red]celerylab: the grade did not finish (pytest exit code {int(code)}); see above.[/red]"
@@ -163,6 +226,92 @@ def cmd_grade(args: argparse.Namespace) -> int:
             f"Stuck? [bold]celerylab hint {lab.name}[/bold]"
         )
     return 0 if report.full_marks else 1
+
+
+class _Interrupt:
+    """Makes sure a Ctrl-C stops the grade, even when its KeyboardInterrupt is swallowed.
+
+    A SIGINT that lands while a finaliser runs (a redis pool's `__del__`, say) only prints
+    "Exception ignored" and the grade goes on to full marks. The handler remembers the signal, and the
+    next test's setup raises it again; pytest then tears every fixture down, as on any interrupt.
+    """
+
+    def __init__(self) -> None:
+        self.seen = False
+
+    @contextlib.contextmanager
+    def armed(self) -> Iterator[None]:
+        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # started in the background: Ctrl-C is not ours
+            yield
+            return
+        previous = signal.signal(signal.SIGINT, self._on_sigint)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def _on_sigint(self, signum: int, frame: object) -> None:
+        self.seen = True
+        raise KeyboardInterrupt
+
+    def pytest_runtest_setup(self, item) -> None:
+        if self.seen:
+            raise KeyboardInterrupt
+
+    def pytest_keyboard_interrupt(self, excinfo) -> None:
+        self.seen = True
+
+
+def _grade_repeatedly(lab: labs.Lab, target: str, args: argparse.Namespace) -> int:
+    from celerylab import mutation
+
+    path = {"labs": lab.folder, "solutions": lab.solution}.get(target, Path(target))
+    console.print(f"grading {lab.name} ({path}) {args.repeat} times...")
+    runs = mutation.grade_runs(lab, path, args.repeat, args.broker, jobs=1, keyword=args.keyword)
+    table = Table("test", "passed", title=f"{lab.name}: pass rate over {args.repeat} grades")
+    rates = mutation.pass_rates(runs)
+    for title, passed, total in rates.values():
+        colour = "green" if passed == total else ("red" if passed == 0 else "yellow")
+        table.add_row(title, f"[{colour}]{passed}/{total}[/{colour}]")
+    console.print(table)
+    missing = sum(run.report is None for run in runs)
+    if missing:
+        console.print(f"[red]{missing} grade(s) produced no report[/red]")
+    scores = [f"{run.report.score:g}" for run in runs if run.report]
+    console.print(f"scores: {', '.join(scores)}")
+    steady = not missing and all(passed == total for _, passed, total in rates.values())
+    return 0 if steady and rates else 1
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from celerylab import mutation
+
+    chosen = [labs.find(name) for name in args.labs] if args.labs else labs.catalogue()
+    kinds = args.only or ["solution", "variant", "mutant"]
+    all_ok = True
+    for lab in chosen:
+
+        def progress(target, run, name=lab.name) -> None:
+            score = f"{run.report.score:g}/{run.report.max_score:g}" if run.report else "no report"
+            console.print(f"[dim]{name} {target[0]} {target[1].name}: {score}[/dim]", soft_wrap=True)
+
+        verdicts = mutation.check(lab, args.repeat, args.broker, kinds, jobs=args.jobs, on_run=progress)
+        table = Table("kind", "file", "rule", "judged right", title=f"{lab.name}")
+        for v in verdicts:
+            colour = "green" if v.ok else "red"
+            name = v.path.name if v.kind != "solution" else "tasks.py"
+            table.add_row(v.kind, name, v.rule or "-", f"[{colour}]{v.caught}/{len(v.runs)}[/{colour}]")
+        console.print(table)
+        for v in verdicts:
+            for problem in v.problems:
+                console.print(f"[red]{lab.name} {v.kind} {v.path.name}: {problem}[/red]")
+        all_ok &= all(v.ok for v in verdicts)
+        if "mutant" in kinds:
+            unbroken = sorted({r.id for r in lab.rules} - {v.rule for v in verdicts if v.kind == "mutant"})
+            if unbroken:
+                console.print(f"[red]{lab.name}: no mutant breaks the rules {unbroken}[/red]")
+                all_ok = False
+    return 0 if all_ok else 1
 
 
 def cmd_hint(args: argparse.Namespace) -> int:
@@ -238,6 +387,12 @@ def cmd_quiz(args: argparse.Namespace) -> int:
     from celerylab.quiz import run_quiz
 
     return run_quiz(topics=args.topic, count=args.count, sections=args.section)
+
+
+def cmd_quiz_score(args: argparse.Namespace) -> int:
+    from celerylab.quiz import run_score
+
+    return run_score(args.question_id)
 
 
 def cmd_interview(args: argparse.Namespace) -> int:

@@ -5,7 +5,11 @@ Loaded by the kit's root ``conftest.py``. Options, markers and fixtures:
 - ``--target labs|solutions|PATH``: whose ``tasks.py`` to grade (default: the learner's, ``labs/``).
 - ``--broker auto|embedded|redis|rabbitmq|URL`` (see celerylab.brokers for the default).
 - ``--report-dir DIR``: where ``<lab>.json`` reports go (default ``.celerylab/reports``).
+- ``--tz TZ``: the time zone grader and workers run in (default ``$CELERYLAB_TZ``, else UTC+05:45), so a naive
+  ``datetime.now()`` in a learner's eta is caught on every host, not only on one that is not on UTC.
 - ``@pytest.mark.points(n)``: what a test is worth (1 if absent).
+- ``@pytest.mark.rules("id", ..., needs=[...])``: the contract rules (lab.toml) a test judges, and the ones
+  it merely relies on; a mutant of a rule may only fail tests that name it.
 - ``@pytest.mark.deadline(seconds)``: the test's budget (30 s if absent); waits stop there and say
   what was last seen instead of hanging. pytest-timeout stands behind it as a backstop.
 - fixtures ``lab`` (a :class:`~celerylab.session.LabRun` per test) over ``lab_session`` (per module),
@@ -16,6 +20,10 @@ A lab test module is ``tests/labs/test_<lab>.py``; the lab's name comes from the
 
 from __future__ import annotations
 
+import io
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,12 +38,16 @@ from celerylab.stubs import ScriptedHTTPServer
 from celerylab.timeline import DeadlineExceeded
 from celerylab.workers import WorkerError
 
+DEFAULT_TZ = "<+0545>-05:45"  # POSIX form (no tz database needed): UTC+05:45, no DST, not a whole hour
 DEFAULT_DEADLINE = 30.0
 BACKSTOP_MARGIN = 60.0
+MESSAGE_LINES = 8  # a verdict a learner reads; the rest is in the report
 VERDICTS = (LabFailure, DeadlineExceeded, WorkerError, BrokerUnavailable)
 _REPORTS = pytest.StashKey[dict[str, GradeReport]]()
 _BROKER = pytest.StashKey[dict[str, float]]()
 _RUN = pytest.StashKey[LabRun]()
+_INTERRUPTED = pytest.StashKey[bool]()
+_TEMP = pytest.StashKey[list[str]]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -45,6 +57,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--broker", default=None, help="auto | embedded | redis | rabbitmq | a redis:// or amqp:// URL"
     )
     group.addoption("--report-dir", default=None, help="where <lab>.json grade reports are written")
+    group.addoption(
+        "--tz",
+        default=None,
+        help=f"time zone for grader and workers (default: $CELERYLAB_TZ, else {DEFAULT_TZ}, i.e. UTC+05:45)",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -52,18 +69,40 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", f"deadline(seconds): an autograder test's budget (default {DEFAULT_DEADLINE:.0f})"
     )
+    config.addinivalue_line(
+        "markers",
+        "rules(*ids, needs=()): the lab.toml rules an autograder test judges (and the ones it relies on)",
+    )
     config.stash[_REPORTS] = {}
     config.stash[_BROKER] = {}
+    config.stash[_INTERRUPTED] = False
+    config.stash[_TEMP] = []
 
 
 def lab_name(module_path: Path) -> str:
     return module_path.stem.removeprefix("test_")
 
 
-def lab_folder(target: str, lab: str) -> Path:
-    """``labs``/``solutions`` name the kit's folders; any other value is a path to a lab or its parent."""
+def lab_folder(target: str, lab: str, scratch: list[str] | None = None) -> Path:
+    """``labs``/``solutions`` name the kit's folders; any other value is a path to a lab, its parent, or a
+    single ``.py`` file (a mutant, a variant, a submission), which is graded as that lab's ``tasks.py``."""
     base = kit_root() / target if target in ("labs", "solutions") else Path(target).expanduser().resolve()
+    if base.is_file():
+        folder = Path(tempfile.mkdtemp(prefix=f"celerylab-{lab}-")) / lab
+        folder.mkdir()
+        shutil.copyfile(base, folder / "tasks.py")
+        if scratch is not None:
+            scratch.append(str(folder.parent))
+        return folder
     return base / lab if (base / lab).is_dir() else base
+
+
+def rules_of(item: pytest.Item) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The rules a test judges, and the ones it needs (both from its ``rules`` marker)."""
+    mark = item.get_closest_marker("rules")
+    if mark is None:
+        return (), ()
+    return tuple(mark.args), tuple(mark.kwargs.get("needs", ()))
 
 
 def _deadline(item: pytest.Item) -> float:
@@ -81,10 +120,14 @@ def _is_graded(item: pytest.Item) -> bool:
     return "lab_session" in getattr(item, "fixturenames", ())
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if _is_graded(item) and not item.get_closest_marker("timeout"):
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    graded = [item for item in items if _is_graded(item)]
+    for item in graded:
+        if not item.get_closest_marker("timeout"):
             item.add_marker(pytest.mark.timeout(_deadline(item) + BACKSTOP_MARGIN))
+    if graded:  # before any worker starts, so every process of the grade inherits it
+        os.environ["TZ"] = config.getoption("--tz") or os.environ.get("CELERYLAB_TZ") or DEFAULT_TZ
+        time.tzset()
 
 
 @pytest.fixture(scope="session")
@@ -98,7 +141,7 @@ def celerylab_broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
 @pytest.fixture(scope="module")
 def lab_session(request: pytest.FixtureRequest, celerylab_broker: Broker) -> Iterator[LabSession]:
     name = lab_name(Path(request.module.__file__))
-    folder = lab_folder(request.config.getoption("--target"), name)
+    folder = lab_folder(request.config.getoption("--target"), name, request.config.stash[_TEMP])
     begun = time.monotonic()
     session = LabSession(name, folder, celerylab_broker, state_dir() / "logs" / name)
     report = _report(request.config, name)
@@ -164,6 +207,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
             rep.longrepr = message
         run = item.stash.get(_RUN, None)
         log = run.session.logs(since=time.time() - rep.duration - 1) if (run and rep.failed) else ""
+        judged, needs = rules_of(item)
         if log:
             rep.sections.append(("celerylab worker logs", log))
         title = (getattr(item.obj, "__doc__", None) or item.name).strip().splitlines()[0]
@@ -177,7 +221,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
             duration=round(rep.duration, 3),
             backoff_wait=round(run.backoff_wait, 3) if run else 0.0,
             log=log[-3000:],
-            timeline=run.timeline.table() if (run and rep.failed) else "",
+            timeline=run.evidence.table() if (run and rep.failed) else "",
+            rules=list(judged),
+            needs=list(needs),
         )
         report.tests = [t for t in report.tests if t.id != item.nodeid] + [result]
 
@@ -190,12 +236,48 @@ def _message(call: pytest.CallInfo) -> str:
         return str(exc)
     if isinstance(exc, AssertionError):
         return str(exc) or "an assertion failed"
+    if str(exc).startswith("Timeout >"):  # pytest-timeout's backstop: a wait the deadline did not bound
+        return (
+            f"the test ran {BACKSTOP_MARGIN:.0f} s past its deadline and was stopped. The grader was stuck "
+            "waiting on something its deadline does not bound; this is a grader bug, please report it."
+        )
     tb = call.excinfo.getrepr(style="short", chain=False)
     return f"the grader hit an unexpected {type(exc).__name__}: {exc}\n{tb}"[-3000:]
 
 
+def pytest_keyboard_interrupt(excinfo) -> None:
+    """Ctrl-C: fixtures still stop every worker; pytest's banner and half-made summary stay unprinted,
+    and ``celerylab grade`` says it in one line (see ``interrupted``)."""
+    config = _CONFIG.get("config")
+    if config is None:
+        return
+    config.stash[_INTERRUPTED] = True
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter._tw = type(reporter._tw)(io.StringIO())  # the terminal writer, aimed at nothing
+
+
+_CONFIG: dict[str, pytest.Config] = {}
+
+
+def interrupted(config: pytest.Config) -> bool:
+    return config.stash.get(_INTERRUPTED, False)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    _CONFIG["config"] = session.config
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    for folder in config.stash.get(_TEMP, []):
+        shutil.rmtree(folder, ignore_errors=True)
+    _CONFIG.pop("config", None)
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
     config = session.config
+    if interrupted(config):
+        return
     reports = config.stash.get(_REPORTS, {})
     out_dir = Path(config.getoption("--report-dir") or state_dir() / "reports")
     for report in reports.values():
@@ -205,6 +287,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
 
 def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    if interrupted(config):
+        return
     for report in config.stash.get(_REPORTS, {}).values():
         if report.tests:
             write_score_table(terminalreporter, report, timelines=config.option.verbose > 0)
@@ -218,8 +302,11 @@ def write_score_table(tr, report: GradeReport, timelines: bool = False) -> None:
         mark, colour = ("✓", {"green": True}) if t.status == "pass" else ("✗", {"red": True})
         tr.write(f"  {mark} {t.points:g}/{t.max_points:g}  ", **colour)
         tr.write_line(t.title)
-        for line in t.message.splitlines()[:25]:
+        lines = t.message.splitlines()
+        for line in lines[:MESSAGE_LINES]:
             tr.write_line(f"         {line}")
+        if len(lines) > MESSAGE_LINES:
+            tr.write_line(f"         (... {len(lines) - MESSAGE_LINES} more lines in the JSON report)")
         if timelines and t.status == "fail" and t.timeline:
             tr.write_line("         what the workers did:")
             for line in t.timeline.splitlines()[:30]:

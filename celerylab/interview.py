@@ -1,7 +1,9 @@
 """``celerylab interview``: open questions under a timer, scored against a rubric of key points.
 
-The timer is measured, never enforced: input is read normally (no threads interrupting it) and the time
-from showing the question to the empty line that ends the answer is compared with the limit. A late
+After each answer the rubric is shown as the scorer read it, with the model answer, and the candidate
+confirms or corrects the points found, flashcard style: the confirmed points are what the Leitner memory
+records. The timer is measured, never enforced: input is read normally (no threads interrupting it) and
+the time from showing the question to the empty line that ends the answer is compared with the limit. A late
 answer is still scored, so the learner sees what they covered, but it never counts as a pass in the
 spaced-repetition memory. ``clock`` is injectable so tests are deterministic without sleeping.
 """
@@ -16,7 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import IO
 
 from celerylab.progress import Progress
-from celerylab.quiz import NoSession, Terminal, plan_session, reflow
+from celerylab.quiz import NoSession, Terminal, plan_session, reflow, show_points
 from celerylab.quizbank import Question, record
 
 DEFAULT_TIME_LIMIT = 120.0
@@ -44,8 +46,8 @@ def read_answer(term: Terminal) -> tuple[str, bool]:
             term.say("Type your answer first; an empty line ends it (Ctrl-D stops).", style="yellow")
 
 
-def score_answer(term: Terminal, q: Question, answer: str, elapsed: float, time_limit: float) -> bool:
-    """Show time, key points hit and missed, and the model answer; True if it counts as a pass."""
+def score_answer(term: Terminal, q: Question, answer: str, elapsed: float, time_limit: float) -> list[bool]:
+    """Show time, the rubric as read from the answer (numbered), the model answer; return what was found."""
     late = elapsed > time_limit
     if late:
         term.say(
@@ -55,24 +57,57 @@ def score_answer(term: Terminal, q: Question, answer: str, elapsed: float, time_
         )
     else:
         term.say(f"Answered in {fmt_duration(elapsed)} (limit {fmt_duration(time_limit)}).", style="dim")
-    hit, missed = q.grade_text(answer)
-    passed = len(hit) >= q.min_points and not late
-    verdict = "pass" if passed else "not yet"
-    term.say(
-        f"Key points: {len(hit)}/{len(q.key_points)} (pass mark {q.min_points}): {verdict}.",
-        style="bold green" if passed else "bold red",
-    )
-    for kp in hit:
-        term.say(f"  + {kp.point}", style="green")
-    for kp in missed:
-        term.say(f"  - missed: {kp.point}", style="yellow")
+    results = q.assess(answer)
+    found = [r.found for r in results]
+    _say_verdict(term, q, found, late, "Key points")
+    show_points(term, results, numbered=True)
     term.say()
     term.say("A model answer:", style="bold")
     term.say(reflow(q.model_answer or ""))
     term.say(reflow(q.explanation), style="dim")
     if where := q.where_to_read():
         term.say(f"Read more: {where}", style="dim")
+    return found
+
+
+def _say_verdict(term: Terminal, q: Question, found: Sequence[bool], late: bool, what: str) -> bool:
+    passed = sum(found) >= q.min_points and not late
+    verdict = "pass" if passed else "not yet"
+    term.say(
+        f"{what}: {sum(found)}/{len(found)} (pass mark {q.min_points}): {verdict}.",
+        style="bold green" if passed else "bold red",
+    )
     return passed
+
+
+def self_assess(term: Terminal, q: Question, found: list[bool], late: bool) -> tuple[list[bool], bool]:
+    """Flashcard step: the candidate, having read the model answer, confirms or flips the points the
+    scorer found (a rubric reads words, the candidate knows what they meant). Returns the confirmed
+    points and whether input ended. Enter (or end of input) confirms."""
+    confirmed = list(found)
+    term.say()
+    term.say(
+        "Check yourself against the model answer: Enter confirms; type the numbers of points to flip "
+        "(found <-> missed), e.g. '2 5'.",
+        style="dim",
+    )
+    while True:
+        try:
+            line = term.ask("Points right? ")
+        except EOFError:
+            return confirmed, True
+        text = line.strip().lower()
+        if text in ("", "y", "yes", "ok"):
+            return confirmed, False
+        numbers = text.replace(",", " ").split()
+        if not all(n.isdigit() and 1 <= int(n) <= len(confirmed) for n in numbers):
+            term.say(f"Type point numbers from 1 to {len(confirmed)}, or Enter to confirm.", style="yellow")
+            continue
+        for n in {int(n) for n in numbers}:
+            confirmed[n - 1] = not confirmed[n - 1]
+        for n, (kp, ok) in enumerate(zip(q.key_points, confirmed, strict=True), 1):
+            term.say(f"  {'+' if ok else '-'} {n}. {kp.point}", style="green" if ok else "yellow")
+        _say_verdict(term, q, confirmed, late, "Your points")
 
 
 def _choose(bank: Sequence[Question], question: str | None) -> tuple[list[Question], str | None]:
@@ -125,11 +160,17 @@ def run_interview(
             elapsed = clock() - start
             if not answer:
                 break
-            ok = score_answer(term, q, answer, elapsed, time_limit)
+            late_answer = elapsed > time_limit
+            found = score_answer(term, q, answer, elapsed, time_limit)
+            confirmed, eof = self_assess(term, q, found, late_answer)
+            ended = ended or eof
+            if confirmed != found:
+                term.say("Your correction counts for your memory of this question.", style="dim")
+            ok = _say_verdict(term, q, confirmed, late_answer, "Confirmed")
             answered, passed = answered + 1, passed + ok
-            points += len(q.grade_text(answer)[0])
+            points += sum(confirmed)
             max_points += len(q.key_points)
-            late += elapsed > time_limit
+            late += late_answer
             record(progress.quiz, q.id, ok, session)
             progress.save()
             if ended:

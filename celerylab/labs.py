@@ -8,11 +8,20 @@
 - ``expected_seconds``: how long a grade of the solution should take here (README and benchmark).
 - ``notebook``, ``quiz``: paths, relative to the kit root, of the topic's notebook and quiz file.
 - ``hints``: tiered hints, gentlest first; ``celerylab hint <lab>`` reveals one more each time.
-- ``points`` is not a field: the autograder's ``points`` markers are the single source of truth.
+- ``rules``: the contract as data, an array of tables ``{id, text, points}``. ``id`` is short kebab-case
+  (``retry-5xx``), ``text`` is the rule exactly as the README's contract table states it, ``points`` its
+  worth. Each autograder test names the rules it judges with ``@pytest.mark.rules("id", ...)`` (and the
+  rules it merely relies on with ``needs=[...]``); a test's ``points`` are shared equally among the rules
+  it judges, and the kit's tests require those shares to add up to each rule's points.
+
+Beside the reference ``solutions/<lab>/tasks.py``: ``mutants/<rule>.py`` (or ``<rule>--<what>.py``, or a
+folder holding a ``tasks.py``) break exactly one rule each; ``variants/*.py`` are other correct solutions.
+``celerylab check <lab>`` grades them all (see celerylab.mutation).
 """
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,8 +60,18 @@ REQUIRED = {
 }
 
 
+RULE_ID = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")  # so ``<rule>--<what>.py`` splits unambiguously
+
+
 class CatalogueError(ValueError):
     """A lab.toml is missing or malformed; the message names the file and the field."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: str
+    text: str
+    points: float
 
 
 @dataclass(frozen=True)
@@ -66,6 +85,23 @@ class Lab:
     quiz: str
     hints: tuple[str, ...]
     root: Path
+    rules: tuple[Rule, ...] = ()
+
+    def rule(self, rule_id: str) -> Rule:
+        for rule in self.rules:
+            if rule.id == rule_id:
+                return rule
+        raise CatalogueError(f"lab {self.name} has no rule {rule_id!r}")
+
+    @property
+    def mutants(self) -> list[Path]:
+        """Copies of the solution that each break one rule (the rule id is the name before any ``--``)."""
+        return _entries(self.solution / "mutants")
+
+    @property
+    def variants(self) -> list[Path]:
+        """Other correct solutions: each must get full marks."""
+        return _entries(self.solution / "variants")
 
     @property
     def folder(self) -> Path:
@@ -78,6 +114,44 @@ class Lab:
     @property
     def autograder(self) -> Path:
         return self.root / "tests" / "labs" / f"test_{self.name}.py"
+
+
+def mutant_rule(path: Path) -> str:
+    """``retry-5xx--raise-for-status.py`` -> ``retry-5xx``."""
+    return path.name.removesuffix(".py").split("--", 1)[0]
+
+
+def _entries(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if (p.suffix == ".py" and p.is_file()) or (p.is_dir() and (p / "tasks.py").exists())
+    )
+
+
+def _rules(path: Path, data: object) -> tuple[Rule, ...]:
+    if data is None:
+        return ()
+    if not isinstance(data, list):
+        raise CatalogueError(f"{path}: `rules` must be an array of tables ([[rules]])")
+    rules = []
+    for n, entry in enumerate(data, 1):
+        where = f"{path}: rule {n}"
+        if not isinstance(entry, dict) or set(entry) != {"id", "text", "points"}:
+            raise CatalogueError(f"{where}: needs exactly `id`, `text` and `points`")
+        if not isinstance(entry["id"], str) or not RULE_ID.match(entry["id"]):
+            raise CatalogueError(f"{where}: id {entry['id']!r} is not kebab-case (e.g. retry-5xx)")
+        if not isinstance(entry["text"], str) or not entry["text"].strip():
+            raise CatalogueError(f"{where}: `text` must be the rule as the README states it")
+        if not isinstance(entry["points"], int | float) or entry["points"] <= 0:
+            raise CatalogueError(f"{where}: `points` must be a positive number")
+        rules.append(Rule(entry["id"], " ".join(entry["text"].split()), float(entry["points"])))
+    ids = [r.id for r in rules]
+    if len(set(ids)) != len(ids):
+        raise CatalogueError(f"{path}: rule ids repeat: {sorted({i for i in ids if ids.count(i) > 1})}")
+    return tuple(rules)
 
 
 def load_lab(path: Path, root: Path | None = None) -> Lab:
@@ -103,6 +177,7 @@ def load_lab(path: Path, root: Path | None = None) -> Lab:
         quiz=data["quiz"],
         hints=tuple(" ".join(h.split()) for h in data["hints"]),
         root=root,
+        rules=_rules(path, data.get("rules")),
     )
 
 

@@ -2,20 +2,32 @@
 
 A namespace renames everything two runs could otherwise share: on Redis/Valkey a global key prefix for
 broker and results (queues, unacked sets, pub/sub channels, result keys); everywhere the default queue,
-the event and remote-control exchanges, and the worker hostnames. So two gradings at once, or a grading
-next to a notebook, never see each other's messages, events or results. ``cleanup()`` removes it all.
+the event and remote-control exchanges, the worker hostnames, and every queue the learner's own code names
+(``task_queues``, ``task_routes``, ``apply_async(queue=...)``, a worker's ``-Q``: see
+:class:`NamespacedQueues`). So two gradings at once, or a grading next to a notebook, never see each
+other's messages, events or results, on RabbitMQ (which has no key prefix) as on Redis. ``cleanup()``
+removes it all.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 import redis
 from celery import Celery
+from celery.app.amqp import Queues
+from celery.app.routes import Router
+from celery.utils.text import str_to_list
+from kombu import Queue
 
 from celerylab.brokers import Broker
+
+NAMESPACE = "celerylab_namespace"  # a setting: the namespace the learner's queue names are renamed into
+DEFAULT_QUEUE = "celery"  # Celery's default task_default_queue
 
 
 class Namespace:
@@ -32,8 +44,21 @@ class Namespace:
 
     def queue_name(self, short: str) -> str:
         name = f"{self.name}.{short}"
-        self._queues.add(name)
+        self.owns_queue(name)
         return name
+
+    def owns_queue(self, name: str) -> None:
+        """Remember a queue (and its exchange of the same name) for :meth:`cleanup` to delete."""
+        self._queues.add(name)
+
+    def short_queue(self, name: str | None) -> str | None:
+        """The learner's name for a queue the namespace renamed (``images``; the default queue is shown
+        as the kit's default, Celery's ``celery``), for verdicts that speak the learner's language."""
+        if name is None:
+            return None
+        if name == self.queue:
+            return DEFAULT_QUEUE
+        return name.removeprefix(f"{self.name}.")
 
     def hostname(self, short: str) -> str:
         return f"{short}@{self.name}"
@@ -57,6 +82,7 @@ class Namespace:
             "broker_connection_retry_on_startup": True,
             "result_expires": 3600,
             "worker_hijack_root_logger": False,
+            NAMESPACE: self.name,  # read by celerylab.runtime: the learner's queue names are renamed into it
         }
         prefix = {"global_keyprefix": f"{self.name}:"}
         if self.broker.is_redis:
@@ -71,6 +97,8 @@ class Namespace:
         Redis only sweeps them back after ``visibility_timeout`` (1 h by default), every 10 x 10 s (see
         FACTS). A worker's transport options merge with the kit's, so the namespace's key prefix stays.
         RabbitMQ redelivers when the dead consumer's channel closes: nothing to set there.
+        The sweep's lock lives 300 s by default: a worker killed while holding it (the sweep is
+        milliseconds, once a second) would stall every other worker's sweep for five minutes.
         """
         if not self.broker.is_redis:
             return {}
@@ -79,6 +107,7 @@ class Namespace:
                 "visibility_timeout": visibility_timeout,
                 "unacked_restore_interval": 1,
                 "unacked_restore_throttle": 1,
+                "unacked_mutex_expire": 3,
             }
         }
 
@@ -134,7 +163,7 @@ class Namespace:
                 with contextlib.suppress(Exception):
                     channel.queue_delete(queue)
             for exchange in (
-                self.queue,
+                *sorted(self._queues),  # a learner's queue's own exchange has its name (Celery's default)
                 f"{self.name}.ev",
                 f"{self.name}.ctl.pidbox",
                 f"reply.{self.name}.ctl.pidbox",
@@ -142,6 +171,102 @@ class Namespace:
                 with contextlib.suppress(Exception):
                     channel = conn.channel()
                     channel.exchange_delete(exchange)
+
+
+class NamespacedQueues(Queues):
+    """Celery's queue table with every name the learner's code uses renamed into the namespace.
+
+    Laid in by :func:`rename_queues` under the learner's app, so ``images`` in their ``task_queues``,
+    ``task_routes``, ``apply_async(queue="images")`` or a worker's ``-Q images`` is the broker's
+    ``<namespace>.images``: the learner's code keeps its names, and on RabbitMQ, which has no key prefix,
+    two gradings never share a queue. The learner's own default queue (``task_default_queue`` before the
+    kit's settings, ``celery`` unless they changed it) is the namespace's default queue. Exchanges are
+    renamed the same way; a routing key is renamed where it is a queue's name (direct routing).
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        namespace: str,
+        own_default: str,
+        kit_default: str,
+        on_add: Callable[[str], None] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.namespace, self.own_default, self.kit_default = namespace, own_default, kit_default
+        self.on_add = on_add
+        super().__init__(*args, **kwargs)
+
+    def real(self, name: str) -> str:
+        """The broker's name for the learner's queue (or exchange) ``name``."""
+        if not name or name.startswith(f"{self.namespace}.") or name.startswith("reply."):
+            return name
+        if name == self.own_default:
+            return self.kit_default
+        return f"{self.namespace}.{name}"
+
+    def __getitem__(self, name: str) -> Queue:
+        return super().__getitem__(self.real(name))
+
+    def __contains__(self, name: object) -> bool:
+        return super().__contains__(self.real(name) if isinstance(name, str) else name)
+
+    def _add(self, queue: Queue) -> Queue:
+        real = self.real(queue.name)
+        if real != queue.name:
+            old, queue = queue.name, copy.copy(queue)
+            queue.name = real
+            if queue.routing_key in (old, None, ""):
+                queue.routing_key = real
+            if queue.exchange is not None and queue.exchange.name:
+                queue.exchange = copy.copy(queue.exchange)
+                queue.exchange.name = self.real(queue.exchange.name)
+        if self.on_add is not None:
+            self.on_add(queue.name)
+        return super()._add(queue)
+
+    def deselect(self, exclude: Any) -> None:
+        super().deselect([self.real(name) for name in str_to_list(exclude)] if exclude else exclude)
+
+
+class NamespacedRouter(Router):
+    """Celery's router, with a kombu ``Queue`` object the learner's code routes to (``{"queue":
+    Queue("images")}`` in ``task_routes``, ``apply_async(queue=Queue("urgent"))``) renamed like a name:
+    Celery sends to such an object as it is, past the queue table."""
+
+    def expand_destination(self, route: Any) -> Any:
+        route = super().expand_destination(route)
+        queue = route.get("queue") if isinstance(route, dict) else None
+        queues = self.queues
+        if isinstance(queue, Queue) and isinstance(queues, NamespacedQueues):
+            if queue.name != queues.real(queue.name):
+                route["queue"] = queues[queue.name] if queue.name in queues else queues.add(queue)
+        return route
+
+
+def rename_queues(
+    app: Celery, namespace: str, own_default: str, on_add: Callable[[str], None] | None = None
+) -> None:
+    """Give ``app`` (the learner's, already configured with the kit's settings) a :class:`NamespacedQueues`
+    table and a :class:`NamespacedRouter`. Call before anything reads ``app.amqp.queues``; its cached
+    table and router are dropped."""
+    amqp = app.amqp
+    amqp.queues_cls = lambda *args, **kwargs: NamespacedQueues(
+        *args,
+        namespace=namespace,
+        own_default=own_default,
+        kit_default=app.conf.task_default_queue,
+        on_add=on_add,
+        **kwargs,
+    )
+    amqp.Router = lambda queues=None, create_missing=None: NamespacedRouter(
+        amqp.routes,
+        queues or amqp.queues,
+        app.either("task_create_missing_queues", create_missing),
+        app=app,
+    )
+    for cached in ("queues", "default_queue", "router"):
+        amqp.__dict__.pop(cached, None)
 
 
 def _forget_result_subscriptions(app: Celery) -> None:

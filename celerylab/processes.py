@@ -3,6 +3,12 @@
 Every child gets its own session (so a kill reaches prefork children too) and, on Linux, a parent-death
 signal, so even a SIGKILLed grader leaves nothing behind. Whatever is still alive at interpreter exit, or
 when the grader gets SIGTERM, is killed.
+
+A learner's code can start processes of its own (a fork, a daemon, a child in a new session) that a group
+kill does not reach. The grader makes itself a child subreaper, so every such orphan is re-parented to it
+instead of to init, and every child the kit spawns carries ``CELERYLAB_OWNER`` in its environment, which
+its descendants inherit; :func:`sweep_strays` kills whatever below the grader carries the mark and is not
+a process the kit still runs.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from pathlib import Path
 _live: dict[int, subprocess.Popen] = {}
 _lock = threading.Lock()
 _PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
+OWNER = "CELERYLAB_OWNER"  # in every spawned child's environment: whose grade it belongs to
 
 
 def _prepare_child() -> None:  # runs in the child between fork and exec
@@ -40,6 +48,7 @@ def spawn(
     Ctrl-C is held off until the child is registered: a KeyboardInterrupt between fork and registration
     would leave a child nobody knows to stop."""
     held = _hold_interrupts()
+    env = {**(os.environ if env is None else env), OWNER: str(os.getpid())}
     try:
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(
@@ -108,11 +117,88 @@ def _running_in_group(pgid: int) -> bool:
     return False
 
 
+def become_subreaper() -> bool:
+    """Orphaned descendants (a learner's daemon, a child in its own session) come to this process, not
+    to init, so :func:`sweep_strays` can still find them."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1) == 0
+    except OSError:
+        return False
+
+
+def _table() -> dict[int, tuple[int, int, str]]:
+    """pid -> (ppid, pgid, state) of every process, from /proc."""
+    out = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            out[int(stat.parent.name)] = (int(fields[1]), int(fields[2]), fields[0])
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+def _marked(pid: int, owner: str) -> bool:
+    try:
+        return f"{OWNER}={owner}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return False
+
+
+def strays() -> list[int]:
+    """Live processes below this one that belong to a grade (they carry its mark, or descend from one
+    that does) but are neither a process the kit runs nor in such a process's group."""
+    me, owner = os.getpid(), str(os.getpid())
+    table = _table()
+    with _lock:
+        kept_groups = {pid for pid, proc in _live.items() if proc.poll() is None}
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    found, stack = [], [(pid, False) for pid in children.get(me, [])]
+    while stack:
+        pid, inherited = stack.pop()
+        ppid, pgid, state = table.get(pid, (0, 0, "Z"))
+        ours = inherited or _marked(pid, owner)
+        if ours and pgid not in kept_groups and state != "Z":
+            found.append(pid)
+        stack.extend((child, ours) for child in children.get(pid, []))
+    return found
+
+
+def sweep_strays(timeout: float = 3.0) -> list[int]:
+    """Kill every stray (see :func:`strays`): stopped first, so none can fork while the rest die."""
+    killed: list[int] = []
+    deadline = time.monotonic() + timeout
+    while (found := strays()) and time.monotonic() < deadline:
+        for sig in (signal.SIGSTOP, signal.SIGKILL):
+            for pid in found:
+                try:
+                    os.kill(pid, sig)
+                except (ProcessLookupError, PermissionError):
+                    pass
+        for pid in found:
+            _reap(pid)
+        killed.extend(found)
+    return killed
+
+
+def _reap(pid: int) -> None:
+    """Collect a killed orphan that was re-parented to us (not a child of ours: nothing to do)."""
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+
+
 def kill_all() -> None:
     with _lock:
         procs = list(_live.values())
     for proc in procs:
         kill_group(proc, signal.SIGKILL, wait=2.0)
+    sweep_strays()
 
 
 def live_pids() -> list[int]:

@@ -18,6 +18,14 @@ from celerylab.paths import state_dir
 
 VERSION = 1
 HEADER = "celerylab progress file: written by the `celerylab` command; edit at your own risk."
+# Quiz topics renamed since a learner's memory was written: question ids are "<topic>-NNN", so the memory
+# of "concurrency-003" is the memory of "prefetch-003" (the topic took its lab's name).
+RENAMED_TOPICS = {"concurrency": "prefetch"}
+
+
+def current_question_id(qid: str) -> str:
+    topic, sep, number = qid.rpartition("-")
+    return f"{RENAMED_TOPICS[topic]}-{number}" if sep and topic in RENAMED_TOPICS else qid
 
 
 def progress_path() -> Path:
@@ -44,6 +52,7 @@ class Progress:
             labs, quiz = data.get("labs", {}), data.get("quiz", {})
             if not isinstance(labs, dict) or not isinstance(quiz, dict):
                 raise ValueError("'labs' and 'quiz' must be objects")
+            quiz = {current_question_id(qid): memory for qid, memory in quiz.items()}
             return cls(labs=labs, quiz=quiz, path=path)
         except (OSError, ValueError) as exc:
             aside = path.with_name(f"{path.name}.damaged-{int(time.time())}")

@@ -18,7 +18,8 @@ from typing import IO
 
 from rich.console import Console
 
-from celerylab.progress import Progress
+from celerylab.answers import PointResult
+from celerylab.progress import RENAMED_TOPICS, Progress
 from celerylab.quizbank import (
     BankError,
     Question,
@@ -31,7 +32,7 @@ from celerylab.quizbank import (
 )
 from celerylab.quizbank import topics as bank_topics
 
-__all__ = ["Terminal", "load_bank", "mastery_by_section", "run_quiz", "validate_file"]
+__all__ = ["Terminal", "load_bank", "mastery_by_section", "run_quiz", "run_score", "validate_file"]
 
 TRUE_WORDS, FALSE_WORDS = {"t", "true", "y", "yes"}, {"f", "false", "n", "no"}
 
@@ -139,14 +140,24 @@ def show_feedback(term: Terminal, q: Question, answer: object, right: bool) -> N
     else:
         term.say(f"Not quite. {right_answer_text(q)}", style="bold red")
     if q.kind == "short":
-        hit, missed = q.grade_text(str(answer))
-        for kp in hit:
-            term.say(f"  + {kp.point}", style="green")
-        for kp in missed:
-            term.say(f"  - missing: {kp.point}", style="yellow")
+        show_points(term, q.assess(str(answer)))
     term.say(reflow(q.explanation))
     if where := q.where_to_read():
         term.say(f"Read more: {where}", style="dim")
+
+
+def show_points(term: Terminal, results: Sequence[PointResult], numbered: bool = False) -> None:
+    """Each key point found (with the answer's words that made it) or missed (with the denial, if any),
+    so a learner sees why, not only how many."""
+    for n, r in enumerate(results, 1):
+        mark = f"{n}. " if numbered else ""
+        if r.found:
+            term.say(f'  + {mark}{r.point} - found in: "{r.words}"', style="green")
+        elif r.negated:
+            said = "; ".join(f'"{w}"' for w in r.negated)
+            term.say(f"  - {mark}{r.point} - missed: negated in {said}", style="yellow")
+        else:
+            term.say(f"  - {mark}{r.point} - missed", style="yellow")
 
 
 def right_answer_text(q: Question) -> str:
@@ -179,7 +190,8 @@ def choose_pool(
 ) -> tuple[list[Question], str | None]:
     """Quiz-able questions for the filters, or an error message naming what exists."""
     known = bank_topics(bank)
-    unknown = [t for t in topic_names or () if t not in known]
+    topic_names = [RENAMED_TOPICS.get(t, t) for t in topic_names or ()]  # an old name still works
+    unknown = [t for t in topic_names if t not in known]
     if unknown:
         return [], f"Unknown topic {', '.join(map(repr, unknown))}. Topics: {', '.join(known)}."
     pool = [
@@ -259,6 +271,47 @@ def run_quiz(
     term.say()
     term.say(f"Score: {right}/{asked}{pct}{planned}", style="bold")
     return 0
+
+
+def run_score(question_id: str, stdin: IO[str] | None = None, stdout: IO[str] | None = None) -> int:
+    """Score one answer read from stdin (``celerylab quiz score``): 0 if it passes, 1 if not, 2 for an
+    unknown question id (or a bank that fails validation). Written questions show every key point found,
+    in which words, and missed; choice questions take the letters (or t/f) the quiz takes. Nothing is
+    recorded in the memory: this is for checking an answer (or a rubric), not for practice."""
+    term = Terminal(stdin, stdout)
+    term.echo = False  # the answer is the input, not a transcript
+    try:
+        bank = {q.id: q for q in load_bank()}
+    except BankError as exc:
+        term.say(str(exc))
+        return 2
+    q = bank.get(question_id)
+    if q is None:
+        near = [i for i in bank if i.split("-")[0] == question_id.split("-")[0]] or sorted(bank)[:5]
+        term.say(f"No question {question_id!r} in the bank. Ids look like: {', '.join(near[:12])}.")
+        return 2
+    answer = term.stdin.read()
+    term.say(f"{q.id} ({q.kind}): {reflow(q.prompt)}", style="bold")
+    if q.kind in ("short", "open"):
+        results = q.assess(answer)
+        show_points(term, results)
+        found = sum(r.found for r in results)
+        passed = found >= q.min_points
+        term.say(
+            f"Score: {found}/{len(results)} key points (pass mark {q.min_points}): "
+            f"{'pass' if passed else 'not yet'}.",
+            style="bold green" if passed else "bold red",
+        )
+        if where := q.where_to_read():
+            term.say(f"Read more: {where}", style="dim")
+        return 0 if passed else 1
+    parsed, problem = parse_answer(q, answer)
+    if problem is not None:
+        term.say(f"Cannot read that answer: {problem}", style="yellow")
+        return 1
+    right = grade(q, parsed)
+    term.say("Score: right." if right else f"Score: wrong. {right_answer_text(q)}", style="bold")
+    return 0 if right else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -27,9 +27,10 @@ from typing import Any
 
 import yaml
 
+from celerylab.answers import PointResult, assess, synonym_problems
 from celerylab.paths import kit_root, state_dir
 
-CACHE_VERSION = 1  # bump when validation rules change, so cached verdicts are redone
+CACHE_VERSION = 2  # bump when validation rules change, so cached verdicts are redone
 MAX_BOX = 5
 MASTERED_BOX = 3
 LABS = ("retries", "canvas", "idempotency", "acks", "scheduling")  # labs/<name>/ (may still be in progress)
@@ -57,9 +58,12 @@ class KeyPoint:
     point: str
     any: tuple[str, ...]
 
+    def read(self, answer: str) -> PointResult:
+        """Whether ``answer`` asserts this point, and in which words (rules: celerylab.answers)."""
+        return assess([(self.point, self.any)], answer)[0]
+
     def hit(self, answer: str) -> bool:
-        """True if a synonym starts a word of ``answer`` (already normalized)."""
-        return any(re.search(r"(?<!\w)" + re.escape(normalize(s)), answer) for s in self.any)
+        return self.read(answer).found
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,7 @@ class Question:
     links: dict[str, Any] = field(default_factory=dict)
     proof: str | None = None
     teaches: str | None = None
+    rubric_tests: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def is_choice(self) -> bool:
@@ -91,20 +96,26 @@ class Question:
     def grade_choices(self, picked: Iterable[int]) -> bool:
         return frozenset(picked) == self.right_choices()
 
+    def assess(self, answer: str) -> list[PointResult]:
+        """Each key point read against the typed answer: found (in which words) or missed (and why)."""
+        return assess([(kp.point, kp.any) for kp in self.key_points], answer)
+
     def grade_text(self, answer: str) -> tuple[list[KeyPoint], list[KeyPoint]]:
         """Split the key points into (hit, missed) by the typed answer."""
-        norm = normalize(answer)
-        hit = [kp for kp in self.key_points if kp.hit(norm)]
-        return hit, [kp for kp in self.key_points if kp not in hit]
+        found = [r.found for r in self.assess(answer)]
+        hit = [kp for kp, ok in zip(self.key_points, found, strict=True) if ok]
+        return hit, [kp for kp, ok in zip(self.key_points, found, strict=True) if not ok]
 
     def passes_text(self, answer: str) -> bool:
         return len(self.grade_text(answer)[0]) >= self.min_points
 
     def where_to_read(self) -> str:
-        """'cheat sheet §5 · notebooks/05_retries.ipynb · lab labs/retries/' (only what exists)."""
+        """'cheat sheet §5 · <docs URL> · notebooks/05_retries.ipynb · lab labs/retries/' (what exists)."""
         parts = []
         if (sec := self.links.get("cheatsheet")) is not None:
             parts.append("cheat sheet: answer template" if sec == 0 else f"cheat sheet §{sec}")
+        if docs := self.links.get("docs"):
+            parts.append(docs)
         if (nb := self.links.get("notebook")) and (kit_root() / nb).is_file():
             parts.append(nb)
         if lab := self.links.get("lab"):
@@ -132,6 +143,7 @@ def _question(topic: str, raw: dict[str, Any], defaults: dict[str, Any]) -> Ques
         links={"cheatsheet": raw["section"], **defaults, **raw.get("links", {})},
         proof=raw.get("proof"),
         teaches=raw.get("teaches"),
+        rubric_tests={k: tuple(v) for k, v in raw.get("rubric_tests", {}).items()},
     )
 
 
@@ -186,9 +198,8 @@ def _semantic_errors(path: Path, data: dict[str, Any], check_links: bool) -> lis
             errors.append(f"{where}: answer {raw['answer']} is out of range for {n} choices")
         if len(set(raw.get("choices", ()))) != n:
             errors.append(f"{where}: duplicate choices")
-        short = [s for kp in raw.get("key_points", ()) for s in kp["any"] if len(normalize(s)) < 2]
-        if short:
-            errors.append(f"{where}: synonyms {short} match almost anything once normalized")
+        for kp in raw.get("key_points", ()):
+            errors += [f"{where}: synonym {problem}" for problem in synonym_problems(kp["any"])]
         if raw.get("min_points", 0) > len(raw.get("key_points", ())):
             errors.append(f"{where}: min_points exceeds the number of key points")
         links = {**data.get("links", {}), **raw.get("links", {})} if check_links else {}

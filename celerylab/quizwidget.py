@@ -146,9 +146,14 @@ class QuizWidget(widgets.VBox):
         verdict = "<b style='color:#2e7d32'>Right!</b>" if ok else wrong
         parts = [verdict]
         if q.kind == "short":
-            hit, missed = q.grade_text(str(parsed))
-            parts += [f"✓ {html.escape(kp.point)}" for kp in hit]
-            parts += [f"✗ missing: {html.escape(kp.point)}" for kp in missed]
+            for r in q.assess(str(parsed)):  # the same evidence the terminal shows
+                if r.found:
+                    parts.append(f"✓ {html.escape(r.point)} - found in: “{html.escape(r.words)}”")
+                elif r.negated:
+                    said = "; ".join(f"“{html.escape(w)}”" for w in r.negated)
+                    parts.append(f"✗ missing: {html.escape(r.point)} - negated in {said}")
+                else:
+                    parts.append(f"✗ missing: {html.escape(r.point)}")
         parts.append(html.escape(reflow(q.explanation)))
         if where := q.where_to_read():
             parts.append(f"<small>Read more: {html.escape(where)}</small>")

@@ -28,6 +28,8 @@ class TestResult:
     backoff_wait: float = 0.0  # seconds the test had to wait for countdowns the lab's rules impose
     log: str = ""  # the tail of the worker logs, for a failed test
     timeline: str = ""  # Timeline.table() of a failed test: every attempt, which process, outcome
+    rules: list[str] = field(default_factory=list)  # the lab.toml rules this test judges
+    needs: list[str] = field(default_factory=list)  # the rules it relies on
 
 
 @dataclass

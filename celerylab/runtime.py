@@ -15,16 +15,22 @@ import json
 import os
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from celery import Celery, signals
 
+from celerylab import namespaces
+
 ENV = "CELERYLAB_TASKS"
+HOSTNAME_ENV = "CELERYLAB_HOSTNAME"  # the worker's node name, for its pool processes' life-cycle events
 PROBE_MARK = "celerylab-probe: "
 ATTEMPT_START = "celerylab-start"  # sent from the pool process; see celerylab.timeline
 ATTEMPT_END = "celerylab-end"
+PROCESS_UP = "celerylab-process-up"  # sent by each new pool process; see celerylab.timeline
+ONLINE = "celerylab-online"  # sent by the worker's main process once it is ready
 MERGED = ("broker_transport_options", "result_backend_transport_options")
 TASK_OPTIONS = (
     "autoretry_for",
@@ -71,13 +77,21 @@ def merge_settings(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any
     return merged
 
 
-def apply_config(app: Celery, config: dict[str, Any]) -> None:
-    """Lay the kit's settings over the learner's: transport options merge, the rest replace."""
+def apply_config(app: Celery, config: dict[str, Any], on_queue: Callable[[str], None] | None = None) -> None:
+    """Lay the kit's settings over the learner's: transport options merge, the rest replace. Under a
+    namespace, the queue names the learner's code uses are renamed into it (see
+    celerylab.namespaces.NamespacedQueues); ``on_queue`` hears each broker queue name the app learns."""
+    own_default = app.conf.task_default_queue  # the learner's, before the kit's replaces it
     app.conf.update(merge_settings({key: app.conf.get(key) for key in MERGED}, config))
+    if config.get(namespaces.NAMESPACE):
+        namespaces.rename_queues(app, config[namespaces.NAMESPACE], own_default, on_queue)
 
 
 def load_tasks(
-    folder: Path | str, config: dict[str, Any], module: str = "tasks"
+    folder: Path | str,
+    config: dict[str, Any],
+    module: str = "tasks",
+    on_queue: Callable[[str], None] | None = None,
 ) -> tuple[ModuleType, Celery]:
     """Import ``folder/module.py`` fresh (a previous lab's ``tasks`` is forgotten) and configure its app."""
     folder = str(Path(folder).resolve())
@@ -87,7 +101,7 @@ def load_tasks(
     sys.path.insert(0, folder)
     mod = importlib.import_module(module)
     app = find_app(mod)
-    apply_config(app, config)
+    apply_config(app, config, on_queue)
     return mod, app
 
 
@@ -149,7 +163,12 @@ _errors: dict[str, str] = {}  # task id -> the exception of the attempt running 
 def _attempt_started(task_id: str, task: Any, **_: Any) -> None:
     """From inside the pool process: which process runs this attempt, and was it redelivered."""
     delivery = task.request.delivery_info or {}
-    task.send_event(ATTEMPT_START, redelivered=bool(delivery.get("redelivered")))  # the event carries its pid
+    task.send_event(  # the event carries its pid; routing_key: the queue it came from (direct routing)
+        ATTEMPT_START,
+        redelivered=bool(delivery.get("redelivered")),
+        routing_key=delivery.get("routing_key"),
+        exchange=delivery.get("exchange"),
+    )
 
 
 def _attempt_failed(
@@ -175,16 +194,71 @@ def _attempt_ended(task_id: str, task: Any, state: str | None = None, **_: Any) 
     task.send_event(ATTEMPT_END, state=state, exception=_errors.pop(task_id, None))
 
 
+def _announcer(worker_app: Celery, kind: str) -> Any:
+    """A signal handler that sends a life-cycle event ``kind``. ``worker_process_init``: each pool process,
+    at boot or when it replaces one that exited (max tasks or memory per child, a time limit, a kill), says
+    so, as the pool itself reports nothing. ``worker_ready``: the main process is up (Celery's own
+    worker-online comes from the heartbeat, which the kit turns off)."""
+
+    def announce(**_: Any) -> None:
+        hostname = os.environ.get(HOSTNAME_ENV)
+        if not hostname:
+            return
+        try:
+            with worker_app.events.default_dispatcher(hostname=hostname) as dispatcher:
+                dispatcher.send(kind)  # the event carries the sending process's pid
+        except Exception:  # a life-cycle marker must never stop a worker from starting or ending
+            pass
+
+    return announce
+
+
+RANDOM = "celerylab_random"  # a worker setting: "max" pins the random module's draws to their top
+
+
+def _pin_random_to_max() -> None:
+    """Every draw of the ``random`` module at the top of its range, in this worker only: a test about a
+    bound (the backoff cap) then sees the longest wait a solution can produce, every run, instead of a
+    random one that passes a wrong cap by luck. Done before the learner's module imports ``random``."""
+    import random
+
+    random.random = lambda: 1.0 - 2**-53
+    random.randrange = lambda start, stop=None, step=1: start - 1 if stop is None else stop - 1
+    random.randint = lambda a, b: b
+    random.uniform = lambda a, b: max(a, b)
+    random.choice = lambda seq: seq[-1]
+
+
+POOL_MAINTENANCE = "celerylab_pool_maintenance"  # a worker setting: seconds between pool upkeeps
+
+
+def _maintain_pool_every(seconds: float) -> None:
+    """Run the prefork pool's upkeep (``maintain_pool``: replace processes that exited) every ``seconds``
+    instead of every 5 s. Celery 5.7 notices a process that exited after ``worker_max_tasks_per_child``
+    at once only for the pool's first processes; for their replacements it waits for this timer (seen:
+    the second recycle of a one-process pool took 5.0 s, the first 0.3 s). Only how soon a replacement
+    starts changes, not when or why a process exits, so a grade about recycling takes seconds."""
+    from celery.concurrency import asynpool
+
+    asynpool.AsynPool.timers = property(lambda pool: {pool.maintain_pool: seconds})
+
+
 def _worker_app() -> Celery | None:
     spec = os.environ.get(ENV)
     if not spec:
         return None
     spec = json.loads(spec)
+    if spec["config"].get(RANDOM) == "max":
+        _pin_random_to_max()
+    if spec["config"].get(POOL_MAINTENANCE):
+        _maintain_pool_every(float(spec["config"][POOL_MAINTENANCE]))
     _, worker_app = load_tasks(spec["folder"], spec["config"], spec.get("module", "tasks"))
     signals.task_prerun.connect(_attempt_started, weak=False)
     signals.task_retry.connect(_attempt_failed, weak=False)
     signals.task_failure.connect(_attempt_failed, weak=False)
     signals.task_postrun.connect(_attempt_ended, weak=False)
+    signals.worker_process_init.connect(_announcer(worker_app, PROCESS_UP), weak=False)
+    signals.worker_ready.connect(_announcer(worker_app, ONLINE), weak=False)
     return worker_app
 
 

@@ -11,21 +11,21 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from celery.result import AsyncResult
 
-from celerylab import runtime
+from celerylab import processes, runtime
 from celerylab.brokers import Broker
 from celerylab.namespaces import Namespace
-from celerylab.timeline import DeadlineExceeded, Recorder, Timeline
+from celerylab.timeline import FINAL, DeadlineExceeded, Recorder, Timeline
 from celerylab.workers import Beat, Worker, WorkerError
 
 PROBE_TIMEOUT = float(
@@ -61,6 +61,7 @@ class LabSession:
         self.logdir = logdir
         shutil.rmtree(logdir, ignore_errors=True)
         logdir.mkdir(parents=True, exist_ok=True)
+        processes.become_subreaper()  # what the learner's code starts and orphans still comes to us
         self._probe_result: dict[str, Any] | None = None
         self._probing = threading.Thread(target=self._run_probe, name="celerylab-probe", daemon=True)
         self._probing.start()  # overlaps the recorder's start and the first worker's
@@ -82,26 +83,44 @@ class LabSession:
         self._probe_result = self._probe()
 
     def _probe(self) -> dict[str, Any]:
-        cmd = [sys.executable, "-m", "celerylab.runtime", "probe", str(self.folder)]
-        try:
-            out = subprocess.run(
-                cmd, capture_output=True, text=True, timeout=PROBE_TIMEOUT, cwd=self.folder
-            ).stdout
-        except subprocess.TimeoutExpired:
-            return {
-                "ok": False,
-                "kind": "timeout",
-                "message": (
-                    f"importing tasks.py did not finish within {PROBE_TIMEOUT:.0f} s. Is there an infinite "
-                    "loop or a blocking call (a network request, input(), a result's .get()) at module level?"
-                ),
-            }
-        except FileNotFoundError:
+        """Import tasks.py in a throwaway process. The verdict is taken the moment the probe prints it;
+        then the probe's whole group goes (a child the import started must not hold the grade up),
+        and a process that ends without one crashed, while one that never prints hangs."""
+        if not self.folder.is_dir():
             return {"ok": False, "kind": "missing", "message": f"{self.folder} does not exist."}
-        for line in reversed(out.splitlines()):
-            if line.startswith(runtime.PROBE_MARK):
-                return json.loads(line[len(runtime.PROBE_MARK) :])
-        return {"ok": False, "kind": "crash", "message": f"importing tasks.py killed Python:\n{out[-1500:]}"}
+        scratch = Path(tempfile.mkdtemp(prefix="celerylab-probe-"))  # not the log folder: a grade of the
+        log = scratch / "probe.log"  # same lab starting meanwhile empties that one
+        cmd = [sys.executable, "-m", "celerylab.runtime", "probe", str(self.folder)]
+        proc = processes.spawn(cmd, log_path=log, cwd=self.folder)
+        deadline = time.monotonic() + PROBE_TIMEOUT
+        try:
+            while True:
+                exited = proc.poll() is not None
+                for line in reversed(log.read_text(errors="replace").splitlines()):
+                    if line.startswith(runtime.PROBE_MARK):
+                        return json.loads(line[len(runtime.PROBE_MARK) :])
+                if exited:
+                    out = log.read_text(errors="replace")
+                    return {
+                        "ok": False,
+                        "kind": "crash",
+                        "message": f"importing tasks.py ended Python (exit code {proc.returncode}) "
+                        f"before it finished:\n{out[-1500:]}".rstrip(),
+                    }
+                if time.monotonic() > deadline:
+                    return {
+                        "ok": False,
+                        "kind": "timeout",
+                        "message": (
+                            f"importing tasks.py did not finish within {PROBE_TIMEOUT:.0f} s. Is there an "
+                            "infinite loop or a blocking call (a network request, input(), a result's "
+                            ".get()) at module level?"
+                        ),
+                    }
+                time.sleep(0.01)  # polling the probe's own output, bounded by the deadline above
+        finally:
+            processes.kill_group(proc)
+            shutil.rmtree(scratch, ignore_errors=True)
 
     # -- the learner's code ---------------------------------------------------------------------
     def require_import(self) -> None:
@@ -138,7 +157,7 @@ class LabSession:
         """The learner's module imported here, configured for this namespace (after the probe passed)."""
         self.require_import()
         if self._module is None:
-            self._module, app = runtime.load_tasks(self.folder, self.ns.config())
+            self._module, app = runtime.load_tasks(self.folder, self.ns.config(), on_queue=self.ns.owns_queue)
             self.ns.adopt(app)  # closed, and its result subscriptions dropped, with the namespace
         return self._module
 
@@ -165,9 +184,29 @@ class LabSession:
         """A new worker this caller owns (stop it, or let the session do it at the end)."""
         return self._start_workers([name], options)[0]
 
+    def start_workers_on(self, queues: Mapping[str, Sequence[str]], **options: Any) -> list[Worker]:
+        """New workers this caller owns, one per name, each consuming its own queues (its ``-Q``), started
+        side by side. Queue names are the learner's (``images``): the worker renames them into the
+        namespace (see celerylab.namespaces.NamespacedQueues)."""
+        fleet = self.start_fleet({n: {**options, "queues": list(q)} for n, q in queues.items()})
+        return list(fleet.values())
+
+    def start_fleet(self, specs: dict[str, dict[str, Any]], reuse: Iterable[str] = ()) -> dict[str, Worker]:
+        """Workers with options of their own (name -> options), started side by side: a lab that needs a
+        few differently configured workers pays about one start-up. Those named in ``reuse`` become the
+        workers :meth:`worker` hands out under that name (replaced as usual if they die)."""
+        workers = self._launch(
+            [Worker(self.ns, self.folder, name=n, log_path=self._log_path(n), **o) for n, o in specs.items()]
+        )
+        kept = set(reuse)
+        self._reused.update({worker.name: worker for worker in workers if worker.name in kept})
+        return {worker.name: worker for worker in workers}
+
     def _start_workers(self, names: Sequence[str], options: dict[str, Any]) -> list[Worker]:
+        return list(self.start_fleet({n: options for n in names}).values())
+
+    def _launch(self, workers: list[Worker]) -> list[Worker]:
         """Spawn every worker first, then wait for each: n start-ups cost about one."""
-        workers = [Worker(self.ns, self.folder, name=n, log_path=self._log_path(n), **options) for n in names]
         self._started.extend(workers)
         begun = time.monotonic()
         try:
@@ -192,12 +231,13 @@ class LabSession:
             self.worker_start_seconds += time.monotonic() - begun
         return workers
 
-    def start_beat(self, settings: dict[str, Any] | None = None) -> Beat:
+    def start_beat(self, settings: dict[str, Any] | None = None, ready_timeout: float | None = None) -> Beat:
+        """A started ``celery beat``; ``ready_timeout`` bounds its start (say, by a test's deadline)."""
         self.require_import()
         beat = Beat(self.ns, self.folder, settings, log_path=self._log_path("beat"))
         self._started.append(beat)
         try:
-            beat.start()
+            beat.start() if ready_timeout is None else beat.start(max(1.0, ready_timeout))
         except WorkerError as exc:
             raise LabFailure(
                 verdict("celery beat could not start on your tasks.py.", observed=str(exc))
@@ -230,6 +270,7 @@ class LabSession:
         self._started.clear()
         self._reused.clear()
         self.recorder.stop()
+        processes.sweep_strays()  # daemons and new-session children the learner's code started
         self.ns.cleanup()
 
 
@@ -242,6 +283,16 @@ class LabRun:
         self.deadline = time.monotonic() + deadline_seconds
         self.deadline_seconds = deadline_seconds
         self.backoff_wait = 0.0
+        self._evidence: Timeline | None = None
+
+    @property
+    def evidence(self) -> Timeline:
+        """The timeline the verdict is taken from: this test's, unless it judged a run made elsewhere
+        (a fixture's scenario) and said so with ``lab.judge_from(timeline)``; ``-v`` shows this one."""
+        return self._evidence or self.timeline
+
+    def judge_from(self, timeline: Timeline) -> None:
+        self._evidence = timeline
 
     def __getattr__(self, name: str) -> Any:  # worker(), task_name(), module(), ns, app, ...
         return getattr(self.session, name)
@@ -262,14 +313,69 @@ class LabRun:
         try:
             self.timeline.wait_final([r.id for r in results], limit)
         except DeadlineExceeded as exc:
+            raise LabFailure(self._gave_up(results, exc)) from None
+        self.backoff_wait += max((sum(self.timeline.gaps(r.id)) for r in results), default=0.0)
+
+    def _gave_up(self, results: list[AsyncResult], exc: DeadlineExceeded) -> str:
+        """Why the tasks did not finish, from what the workers reported: parked on a far eta, still
+        running, or never picked up at all."""
+        parked, running, unseen = [], [], []
+        now = time.time()
+        for r in results:
+            if self.timeline.state(r.id) in FINAL:
+                continue
+            tries = self.timeline.attempts(r.id)
+            eta = self.timeline.pending_eta(r.id)
+            if eta is not None and eta > now:
+                parked.append(f"{self.timeline.describe(r.id)}; next attempt due in {eta - now:.0f} s")
+            elif tries and tries[-1].outcome == "running":
+                running.append(f"{self.timeline.describe(r.id)}, running for {now - tries[-1].start:.0f} s")
+            elif not self.timeline.events(uuid=r.id):
+                unseen.append(f"{r.id[:8]}: no worker ever received it")
+            else:
+                running.append(self.timeline.describe(r.id))
+        what = f"Gave up waiting ({self.deadline_seconds:.0f} s deadline for this test)."
+        if parked:
+            return verdict(
+                what,
+                observed="; ".join(parked),
+                hint="a retry or countdown is scheduled far later than this lab's contract allows "
+                "(a default_retry_delay, countdown or eta too large, or a naive local datetime read as UTC).",
+            )
+        if running:
+            return verdict(
+                what,
+                observed="; ".join(running),
+                hint="the task itself does not return: it blocks without a timeout or loops.",
+            )
+        if unseen:
+            return verdict(
+                what,
+                observed="; ".join(unseen),
+                hint="the message never reached a worker: is it routed to another queue, or does it expire?",
+            )
+        return verdict(what, observed=str(exc))
+
+    def result(self, result: AsyncResult, timeout: float | None = None) -> Any:
+        """A finished task's return value, bounded by the deadline. A task that stores no result
+        (``ignore_result=True``) or whose result never arrives gets a verdict, not a traceback."""
+        limit = min(timeout if timeout is not None else self.remaining(), self.remaining())
+        self.wait(result, limit)
+        try:
+            return result.get(timeout=max(0.5, min(limit, self.remaining(), 5.0)), propagate=False)
+        except Exception as exc:  # TimeoutError from the backend, or a result that cannot be decoded
+            name = self.timeline.names().get(result.id, "the task").rsplit(".", 1)[-1]
+            ignored = self.probe.get("tasks", {}).get(self.task_name(name), {}).get("ignore_result")
             raise LabFailure(
                 verdict(
-                    f"Gave up waiting ({self.deadline_seconds:.0f} s deadline for this test).",
-                    observed=str(exc),
-                    hint="a task that never ends blocks without a timeout, loops, or was never picked up.",
+                    f"{name} finished ({self.timeline.state(result.id)}) but its return value never reached "
+                    "the result backend.",
+                    observed=f"{type(exc).__name__} reading the result"
+                    + ("; the task has ignore_result=True" if ignored else ""),
+                    hint="the contract needs the return value: drop ignore_result=True "
+                    "(and task_ignore_result in the app's config).",
                 )
             ) from None
-        self.backoff_wait += max((sum(self.timeline.gaps(r.id)) for r in results), default=0.0)
 
     def wait_until(self, predicate: Any, what: str, timeout: float | None = None) -> Any:
         limit = min(timeout if timeout is not None else self.remaining(), self.remaining())

@@ -2,8 +2,11 @@
 
 :class:`ScriptedHTTPServer` answers each path from a script: a list of steps, one per request, the last
 one repeated. A step is a status code (``503``), ``"reset"`` (close the connection with no reply),
-``"hang"`` (hold the request open until the server stops) or ``("json", status, body)``.
-Every request is recorded with its arrival time.
+``"hang"`` (hold the request open until the server stops), ``("json", status, body)`` or
+``("trickle", seconds)`` (a 200 whose body arrives a byte every 0.2 s for ``seconds``: every read returns
+well within a client's read timeout, so the call lasts ``seconds`` whatever timeout the client set).
+A handler (``handle(path, fn)``) answers ``(status, body)`` or any of those steps. Every request is
+recorded with its arrival time.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 Step = int | str | tuple
+TRICKLE_EVERY = 0.2  # seconds between the bytes of a ("trickle", seconds) reply
 
 
 @dataclass(frozen=True)
@@ -110,9 +114,12 @@ class ScriptedHTTPServer:
                     stub._cond.notify_all()
                     handler = stub._handlers.get(path)
                 if handler is not None:
-                    status, payload = handler(req)
-                    return self._reply(status, payload)
-                step = stub._next_step(path, seen)
+                    answer = handler(req)  # (status, body), or a script step such as "reset"
+                    if isinstance(answer, tuple) and len(answer) == 2 and isinstance(answer[0], int):
+                        return self._reply(*answer)
+                    step = answer
+                else:
+                    step = stub._next_step(path, seen)
                 if step == "reset":
                     linger = struct.pack("ii", 1, 0)  # RST instead of FIN: a connection error for the client
                     self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
@@ -122,10 +129,29 @@ class ScriptedHTTPServer:
                     stub._stopping.wait()
                     self.close_connection = True
                     return
+                if isinstance(step, tuple) and step[0] == "trickle":
+                    return self._trickle(float(step[1]))
                 if isinstance(step, tuple):
                     _, status, payload = step
                     return self._reply(status, payload)
                 self._reply(int(step), {"path": path, "attempt": seen + 1, "status": int(step)})
+
+            def _trickle(self, seconds: float) -> None:
+                size = max(1, int(seconds / TRICKLE_EVERY))
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/plain")
+                    self.send_header("Content-Length", str(size))
+                    self.end_headers()
+                    self.wfile.flush()
+                    for _ in range(size):
+                        if stub._stopping.wait(TRICKLE_EVERY):
+                            break
+                        self.wfile.write(b".")
+                        self.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError):  # a time limit killed the client
+                    pass
+                self.close_connection = True
 
             def _reply(self, status: int, payload: Any) -> None:
                 data = json.dumps(payload).encode()

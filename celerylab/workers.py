@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -55,9 +56,11 @@ class _Process:
         self.log_path = log_path or self._own_dir / f"{self.kind}.log"
         self.proc = None
 
-    def _spawn(self, argv: Sequence[str]) -> None:
+    def _spawn(self, argv: Sequence[str], hostname: str = "") -> None:
         spec = {"folder": str(self.folder), "module": self.module, "config": self.settings}
         env = {**os.environ, runtime.ENV: json.dumps(spec), "PYTHONUNBUFFERED": "1"}
+        if hostname:  # its pool processes name themselves in their life-cycle events (celerylab.runtime)
+            env[runtime.HOSTNAME_ENV] = hostname
         cmd = [sys.executable, "-m", "celery", "-A", "celerylab.runtime", *argv]
         self.proc = processes.spawn(cmd, log_path=self.log_path, env=env, cwd=self.folder)
 
@@ -104,7 +107,7 @@ class Worker(_Process):
         folder: Path | str,
         *,
         name: str = "w1",
-        concurrency: int = 2,
+        concurrency: int | None = 2,
         pool: str = "prefork",
         queues: Sequence[str] | None = None,
         prefetch_multiplier: int | None = None,
@@ -121,6 +124,7 @@ class Worker(_Process):
             self.settings["worker_prefetch_multiplier"] = prefetch_multiplier
         self.extra_args = list(extra_args)
         self.control: Celery = ns.app("control")
+        self._exit_announced = False
 
     def start(self, ready_timeout: float = READY_TIMEOUT) -> Worker:
         self.spawn()
@@ -134,8 +138,7 @@ class Worker(_Process):
                 "worker",
                 "-P",
                 self.pool,
-                "-c",
-                str(self.concurrency),
+                *(["-c", str(self.concurrency)] if self.concurrency else []),  # None: the app's own setting
                 "-n",
                 self.hostname,
                 "-Q",
@@ -147,7 +150,8 @@ class Worker(_Process):
                 "-l",
                 "INFO",
                 *self.extra_args,
-            ]
+            ],
+            hostname=self.hostname,
         )
 
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
@@ -165,6 +169,18 @@ class Worker(_Process):
     def ping(self, timeout: float = 1.0) -> bool:
         replies = self.control.control.ping(destination=[self.hostname], timeout=timeout)
         return any(self.hostname in reply for reply in replies or [])
+
+    def settle(self, timeout: float = 5.0) -> None:
+        """Return once the main process has gone round its event loop since this call: two pings answered
+        one after the other. What it deferred to its next turn has run by then. Celery 5.7 defers an early
+        ack that way (``Consumer.call_soon_ack`` -> ``hub.call_soon``), after which it sends
+        ``task-started``: a task seen started may not be acked yet, and a worker killed in that instant
+        gets its early-acked message back. Call this before a kill that must find the ack done."""
+        deadline = time.monotonic() + timeout
+        for _ in range(2):
+            while not self.ping(min(1.0, max(0.1, deadline - time.monotonic()))):
+                if time.monotonic() > deadline:
+                    raise WorkerError(f"{self.hostname} did not answer a ping within {timeout:.0f} s")
 
     def inspect(self, timeout: float = 2.0):
         return self.control.control.inspect(destination=[self.hostname], timeout=timeout)
@@ -188,10 +204,46 @@ class Worker(_Process):
         self.kill()
         self._announce_kill(None)
 
+    def send_signal(self, sig: int | str, pid: int | None = None) -> float:
+        """Send ``sig`` (``signal.SIGTERM``, ``"SIGQUIT"``, ...) to the worker's main process (or to ``pid``,
+        one of its pool processes) and mark it on the timeline (a ``celerylab-signal`` event, drawn by
+        ``Timeline.plot``). Returns the time.time() it was sent, for verdicts measured from it."""
+        sig = signal.Signals[sig] if isinstance(sig, str) else signal.Signals(sig)
+        if pid is not None and pid not in self.pool_pids():
+            raise WorkerError(f"pid {pid} is not a pool process of {self.hostname}")
+        if not self.alive:
+            raise WorkerError(f"the worker {self.hostname} is not running (exit code {self.proc.returncode})")
+        sent = time.time()
+        os.kill(self.pid if pid is None else pid, sig)
+        self._mark(timeline.SIGNALLED, signal=sig.name, signalled_pid=pid)
+        return sent
+
+    def wait_exit(self, timeout: float) -> int | None:
+        """The exit code once the main process has ended by itself (a warm or cold shutdown), else None.
+        The first time it sees the end it marks it on the timeline (``celerylab-exited``): Celery's own
+        worker-offline comes from the heartbeat the kit turns off, and a cold shutdown sends no signal
+        the worker's code could hook."""
+        if self.proc is None:
+            return None
+        try:
+            code = self.proc.wait(timeout=max(0.0, timeout))
+        except subprocess.TimeoutExpired:  # still shutting down
+            return None
+        if not self._exit_announced:
+            self._exit_announced = True
+            with contextlib.suppress(Exception):
+                self._mark(timeline.EXITED, exitcode=code)
+        return code
+
     def _announce_kill(self, pid: int | None) -> None:
         """A ``celerylab-killed`` event (see celerylab.timeline): no process of the worker can send one."""
+        self._mark(timeline.KILLED, killed_pid=pid)
+
+    def _mark(self, kind: str, **fields: Any) -> None:
+        """An event on the namespace's timeline about this worker, sent by the kit (the event's own
+        ``pid`` field is the sender's, hence ``killed_pid``/``signalled_pid``)."""
         with self.control.events.default_dispatcher() as dispatcher:
-            dispatcher.send(timeline.KILLED, worker=self.hostname, killed_pid=pid)  # `pid` is the sender's
+            dispatcher.send(kind, worker=self.hostname, **fields)
 
     def wait_pool_replaced(self, pid: int, timeout: float = 10.0) -> list[int]:
         """Until ``pid`` has left the pool and the pool is back to full strength; returns the pool's pids.
@@ -199,7 +251,7 @@ class Worker(_Process):
         deadline = time.monotonic() + timeout
         while True:
             pids = self.pool_pids()
-            if pids and pid not in pids and len(pids) >= self.concurrency:
+            if pids and pid not in pids and len(pids) >= (self.concurrency or len(pids)):
                 return pids
             if time.monotonic() > deadline:
                 raise WorkerError(f"pool process {pid} was not replaced within {timeout:.0f} s: {pids}")
@@ -213,7 +265,9 @@ class Worker(_Process):
 
     def pause_queue(self, queue: str | None = None, timeout: float = 10.0) -> None:
         """Stop reading ``queue`` (remote ``cancel_consumer``) and return once the worker confirms it, so
-        messages sent next wait on the broker (e.g. to let them expire) while the worker stays up."""
+        messages sent next wait on the broker (e.g. to let them expire) while the worker stays up. On Redis
+        the worker's BRPOP in flight (up to 1 s) may still pop one of them, and then hands it back to the
+        queue ("Requeuing undeliverable message"): it stays unconsumed, but may be off the list a moment."""
         self._set_consuming(queue or self.ns.queue, False, timeout)
 
     def resume_queue(self, queue: str | None = None, timeout: float = 10.0) -> None:
@@ -244,9 +298,9 @@ class Worker(_Process):
     def stop(self, warm: bool = False, timeout: float = 15.0) -> None:
         """Cold by default (fast); ``warm=True`` sends SIGTERM so running tasks may finish first."""
         if self.proc is not None and warm and self.alive:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            with contextlib.suppress(Exception):
-                self.proc.wait(timeout=timeout)
+            with contextlib.suppress(WorkerError, OSError):
+                self.send_signal(signal.SIGTERM)
+            self.wait_exit(timeout)
         self.kill()
         self._forget_own_dir()
 

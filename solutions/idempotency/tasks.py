@@ -55,7 +55,7 @@ def release(r: redis.Redis, name: str, token: str) -> None:
 
 
 # Why: acks_late keeps the message until the task returns, so a worker killed mid-charge loses nothing.
-@app.task(bind=True, acks_late=True, max_retries=int(CLAIM_TTL / POLL) + 10)
+@app.task(bind=True, acks_late=True, max_retries=2 * int(CLAIM_TTL / POLL))
 def charge(self, user_id: int, amount: int, idempotency_key: str) -> str:
     r, name = store(), key_for(idempotency_key)
     mine = f"claimed:{self.request.id}"  # a redelivered message keeps its task id: it knows its own claim

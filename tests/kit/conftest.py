@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -90,14 +92,82 @@ def home(tmp_path, monkeypatch) -> Path:
 
 
 def run_celerylab(
-    *args: str, env: dict | None = None, timeout: float = 300, **kw
+    *args: str, env: dict | None = None, timeout: float = 300, input: str | None = None
 ) -> subprocess.CompletedProcess:
-    return subprocess.run(
+    """Runs ``celerylab`` in a subprocess. If the wait ends early (its timeout, pytest-timeout, Ctrl-C), the
+    child gets a Ctrl-C and time to stop its workers, so a test that fails leaves nothing behind either."""
+    child = subprocess.Popen(
         [sys.executable, "-m", "celerylab.cli", *args],
-        capture_output=True,
+        stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout,
         cwd=ROOT,
         env={**os.environ, **(env or {})},
-        **kw,
     )
+    try:
+        stdout, stderr = child.communicate(input, timeout=timeout)
+    except BaseException:
+        child.send_signal(signal.SIGINT)
+        try:
+            child.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.communicate()
+        raise
+    return subprocess.CompletedProcess(child.args, child.returncode, stdout, stderr)
+
+
+@pytest.fixture(scope="session")
+def bank():
+    """The quiz bank as shipped (read-only in tests)."""
+    from celerylab.quizbank import load_bank
+
+    return load_bank()
+
+
+@pytest.fixture
+def quiz_home(tmp_path) -> Path:
+    """A state folder whose quiz bank is already trusted, for the quiz and interview runners."""
+    from tests.kit.quizdrive import trust_bank
+
+    trust_bank(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def broker():
+    """The default broker (local Redis here, else the embedded Valkey), for engine tests."""
+    from celerylab.brokers import open_broker
+
+    with open_broker() as broker:
+        yield broker
+
+
+@pytest.fixture
+def ns(broker):
+    """A fresh namespace on it, cleaned up after the test."""
+    from celerylab.namespaces import Namespace
+
+    namespace = Namespace(broker, "kit")
+    yield namespace
+    namespace.cleanup()
+
+
+def grade_side_by_side(lab: str, tmp_path: Path, *options: str) -> list[tuple[int, dict, str]]:
+    """Two ``celerylab grade <lab> --solutions`` at the same time on one broker: (exit code, JSON report,
+    output) of each, for the tests that prove two gradings never see each other."""
+    runs = []
+    for n in (1, 2):
+        (tmp_path / str(n)).mkdir()
+        cmd = [sys.executable, "-m", "celerylab.cli", "grade", lab, "--solutions", *options]
+        cmd += ["--report-dir", str(tmp_path / str(n))]
+        runs.append(
+            subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        )
+    outputs = [run.communicate(timeout=300)[0] for run in runs]
+    reports = [tmp_path / str(n) / f"{lab}.json" for n in (1, 2)]
+    return [
+        (run.returncode, json.loads(report.read_text()) if report.exists() else {}, out)  # {}: no grade ran
+        for run, report, out in zip(runs, reports, outputs, strict=True)
+    ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import re
+from pathlib import Path
 
 import pytest
 
@@ -32,6 +33,9 @@ def test_every_lab_has_the_whole_anatomy(lab):
         ROOT / lab.quiz,
     ):
         assert path.exists(), f"{lab.name}: missing {path.relative_to(ROOT)}"
+    assert re.fullmatch(rf"notebooks/\d\d_{lab.name}\.ipynb", lab.notebook), "notebooks/NN_<lab>.ipynb"
+    assert int(Path(lab.notebook).name[:2]) in lab.sections, "NN is one of the lab's cheat-sheet sections"
+    assert lab.quiz == f"quiz/{lab.name}.yaml", "quiz/<lab>.yaml"
     assert len(lab.hints) >= 3 and all(1 <= s <= 17 for s in lab.sections)
     readme = (lab.folder / "README.md").read_text()
     assert f"celerylab grade {lab.name}" in readme, "the README says how it is graded"

@@ -15,7 +15,6 @@ from celery import Celery
 from celery.schedules import crontab
 
 from celerylab import runtime
-from celerylab.brokers import open_broker
 from celerylab.cron import fire_times
 from celerylab.namespaces import Namespace
 from celerylab.stubs import ScriptedHTTPServer
@@ -48,19 +47,6 @@ def folder(tmp_path_factory):
     path = tmp_path_factory.mktemp("enginetest")
     (path / "tasks.py").write_text(TASKS)
     return path
-
-
-@pytest.fixture(scope="module")
-def broker():
-    with open_broker() as broker:
-        yield broker
-
-
-@pytest.fixture
-def ns(broker):
-    namespace = Namespace(broker, "kit")
-    yield namespace
-    namespace.cleanup()
 
 
 def test_worker_runs_tasks_on_prefork_children_and_leaves_nothing(ns, folder, no_orphans):
@@ -240,3 +226,108 @@ def test_a_killed_owner_takes_its_workers_and_broker_with_it(tmp_path, folder, n
     while kit_processes(no_orphans):
         assert time.monotonic() < deadline, f"still running: {kit_processes(no_orphans)}"
         time.sleep(0.1)
+
+
+def test_a_long_run_of_identical_attempts_folds_into_one_line():
+    from celerylab.timeline import ATTEMPT_END, ATTEMPT_START, Event, Recorder, Timeline
+
+    recorder = Recorder(app=None)
+    t = 1000.0
+    for _ in range(30):
+        for kind, extra in (
+            (ATTEMPT_START, {}),
+            (ATTEMPT_END, {"state": "RETRY", "exception": "ServerError('503')"}),
+        ):
+            fields = {"pid": 7, "name": "tasks.fetch", **extra}
+            recorder.events.append(Event(kind, "abcdef123456", t, "w1@host", fields))
+            t += 0.1
+    lines = Timeline(recorder).table().splitlines()
+    assert len(lines) == 1 + 2 + 1, lines  # header, two rows, one folded line
+    assert "28 x retry (tries 3-30" in lines[-1] and "ServerError('503')" in lines[-1]
+
+
+class DeafFirst(Recorder):
+    """A recorder whose first connection is accepted but never delivers (a blocked or half-open one)."""
+
+    def _on_event(self, raw):
+        if self._generation > 1:
+            super()._on_event(raw)
+
+
+def test_a_recorder_whose_first_connection_hears_nothing_listens_again(ns):
+    rec = DeafFirst(ns.app("rec")).start(timeout=3)
+    try:
+        assert rec._generation == 2
+        timeline = rec.timeline()
+        with ns.app("send").events.default_dispatcher() as dispatcher:
+            dispatcher.send("celerylab-probe-event", token="once")
+        timeline.wait_for(lambda tl: tl.events("celerylab-probe-event"), 10, "the event")
+    finally:
+        rec.stop()
+    assert len(timeline.events("celerylab-probe-event")) == 1  # the first receiver's copy is dropped
+
+
+def test_a_recorder_that_never_hears_the_broker_blames_the_kit_not_the_code(ns):
+    class Deaf(Recorder):
+        def _on_event(self, raw):
+            pass
+
+    recorder = Deaf(ns.app("rec"))
+    with pytest.raises(AssertionError, match="not your code") as caught:
+        recorder.start(timeout=1.5)
+    recorder.stop()
+    assert "could not hear the broker within 2 s" in str(caught.value)
+    assert recorder._generation == 3
+
+
+def test_life_cycle_and_signals_are_on_the_timeline(ns, folder, no_orphans):
+    """Online, a pool process replacing one that exited, the kit's SIGTERM, the exit: all on the timeline."""
+    settings = {"worker_max_tasks_per_child": 1, runtime.POOL_MAINTENANCE: 0.25}
+    with Recorder(ns.app("rec")) as rec:
+        timeline = rec.timeline()
+        worker = Worker(ns, folder, concurrency=1, settings=settings).start()
+        try:
+            pids = [ns.app().send_task("tasks.nap", (0.0,)).get(timeout=10) for _ in range(2)]
+            assert pids[0] != pids[1], "one task per child: the second ran in a new process"
+            sent = worker.send_signal(signal.SIGTERM)
+            assert worker.wait_exit(15) == 0
+            timeline.wait_for(lambda tl: tl.exited(worker.hostname), 5, "the exit mark")
+        finally:
+            worker.stop()
+        kinds = [life.kind for life in timeline.lifecycle(worker.hostname)]
+        assert kinds[0] in ("online", "process-up") and kinds[-1] == "offline", kinds
+        assert set(pids) <= set(timeline.pool_processes(worker.hostname))
+        assert timeline.signalled(worker.hostname, "SIGTERM") == pytest.approx(sent, abs=0.5)
+        assert "exit code 0" in timeline.lifecycle(worker.hostname)[-1].detail
+        import matplotlib
+
+        matplotlib.use("Agg")
+        ax = timeline.plot()
+        assert any("SIGTERM" in text.get_text() for text in ax.texts), "the signal is marked on the plot"
+
+
+def test_a_cold_shutdown_ends_the_running_attempt_as_cancelled(ns, folder, no_orphans):
+    with Recorder(ns.app("rec")) as rec, start_worker(ns, folder, concurrency=1) as worker:
+        timeline = rec.timeline()
+        result = ns.app().send_task("tasks.nap", (10.0,))
+        # accepted by the main process too (task-started): only then is it among the requests it cancels
+        timeline.wait_for(lambda tl: tl.attempts(result.id) and tl.events("task-started"), 10, "the start")
+        worker.send_signal("SIGQUIT")  # no soft shutdown: the running task is cancelled at once
+        assert worker.wait_exit(15) is not None
+        timeline.wait_for(lambda tl: tl.attempts(result.id)[0].outcome == "cancelled", 5, "the cancel")
+        (attempt,) = timeline.attempts(result.id)
+        assert attempt.duration is not None and attempt.duration < 5
+
+
+def test_settle_returns_on_a_live_worker_and_names_a_frozen_one(ns, folder, no_orphans):
+    worker = Worker(ns, folder, concurrency=1).start()
+    try:
+        worker.settle(5.0)
+        worker.proc.send_signal(signal.SIGSTOP)  # alive as a process, deaf as a worker
+        began = time.monotonic()
+        with pytest.raises(WorkerError, match="did not answer a ping within 1 s"):
+            worker.settle(1.0)
+        assert time.monotonic() - began < 3.0
+    finally:
+        worker.proc.send_signal(signal.SIGCONT)
+        worker.stop()

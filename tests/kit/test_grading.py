@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import time
+import uuid
 
 import pytest
 
@@ -30,7 +32,7 @@ def test_syntax_error_fails_every_test_with_the_line(tmp_path, home, no_orphans)
     report, out, elapsed = grade_source(
         tmp_path, SKELETON.replace("def fetch(self, url: str) -> dict:", "def fetch(self, url:")
     )
-    assert len(report["tests"]) == 7 and report["score"] == 0
+    assert len(report["tests"]) == 8 and report["score"] == 0
     assert all("cannot be loaded" in t["message"] and "line" in t["message"] for t in report["tests"])
     assert "Traceback" not in out
     assert elapsed < 30, "a module that cannot load should not start workers"
@@ -93,3 +95,92 @@ def test_a_report_of_another_schema_is_refused(tmp_path):
     (tmp_path / "r.json").write_text(json.dumps({"schema": "celerylab.results/0"}))
     with pytest.raises(ValueError, match="celerylab.results/1"):
         GradeReport.read(tmp_path / "r.json")
+
+
+def _alive_with(token: str) -> list[str]:
+    out = subprocess.run(["ps", "-eo", "pid=,stat=,args="], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if token in line and " Z" not in line]
+
+
+def test_children_started_at_import_do_not_hold_up_the_verdict_or_survive(tmp_path, home, no_orphans):
+    """A child in the same group, one in a new session and a forked daemon, then a raise: the real error
+    within 5 s, and none of the three is left."""
+    token = f"{300 + uuid.uuid4().int % 600}.{uuid.uuid4().int % 10**6}"
+    source = (
+        SKELETON
+        + f"""
+import os, subprocess, threading
+subprocess.Popen(["sleep", "{token}"])
+subprocess.Popen(["sleep", "{token}"], start_new_session=True)
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        os.execvp("sleep", ["sleep", "{token}"])
+    os._exit(0)
+threading.Thread(target=lambda: __import__("time").sleep(600), daemon=False).start()
+raise RuntimeError("the config server is down")
+"""
+    )
+    report, out, elapsed = grade_source(
+        tmp_path, source, "-k", "first_try", env={"CELERYLAB_PROBE_TIMEOUT": "60"}
+    )
+    (test,) = report["tests"]
+    assert "RuntimeError: the config server is down" in test["message"], test["message"]
+    # Waiting on the children's pipe would last the whole probe timeout (60 s); the verdict is taken when
+    # printed (about 1 s after the probe starts on an idle machine, so 5 s measured from the probe).
+    assert elapsed < 30, f"the verdict took {elapsed:.1f} s"
+    assert not _alive_with(f"sleep {token}"), "a process the learner's import started survived the grade"
+
+
+def test_a_daemon_started_by_a_task_is_gone_after_the_grade(tmp_path, home, no_orphans):
+    token = f"{300 + uuid.uuid4().int % 600}.{uuid.uuid4().int % 10**6}"
+    source = SKELETON.replace(
+        "    resp = httpx.get(url, timeout=5)",
+        f"""    import os, subprocess
+    subprocess.Popen(["sleep", "{token}"], start_new_session=True)
+    if os.fork() == 0:
+        os.setsid()
+        os.execvp("sleep", ["sleep", "{token}"])
+    resp = httpx.get(url, timeout=5)""",
+    )
+    grade_source_ok = run_celerylab(
+        "grade",
+        "retries",
+        "--target",
+        str(_write(tmp_path, source)),
+        "-k",
+        "first_try",
+        "--report-dir",
+        str(tmp_path),
+    )
+    assert "Score: 1/1" in grade_source_ok.stdout, grade_source_ok.stdout[-2000:]
+    assert not _alive_with(f"sleep {token}"), "a process the learner's task started survived the grade"
+
+
+def _write(tmp_path, source: str):
+    path = tmp_path / "submission.py"
+    path.write_text(source)
+    return path
+
+
+def test_a_single_file_is_graded_as_the_labs_tasks_py(tmp_path, home, no_orphans):
+    path = _write(tmp_path, (ROOT / "solutions" / "retries" / "tasks.py").read_text())
+    done = run_celerylab(
+        "grade", "retries", "--target", str(path), "-k", "first_try or client", "--report-dir", str(tmp_path)
+    )
+    assert done.returncode == 0 and "Score: 2/2" in done.stdout, done.stdout[-2000:]
+
+
+def test_workers_run_in_a_time_zone_that_is_not_utc(tmp_path, home, no_orphans):
+    """So a naive datetime.now() is caught on every host; the offset is not a whole hour."""
+    source = SKELETON.replace(
+        "    resp = httpx.get(url, timeout=5)\n    resp.raise_for_status()\n    return resp.json()",
+        "    import time\n    return {'tz': time.strftime('%z')}",
+    )
+    path = _write(tmp_path, source)
+    done = run_celerylab(
+        "grade", "retries", "--target", str(path), "-k", "first_try", "--report-dir", str(tmp_path)
+    )
+    report = json.loads((tmp_path / "retries.json").read_text())
+    assert "+0545" in report["tests"][0]["message"], report["tests"][0]["message"]
+    assert done.returncode == 1

@@ -7,13 +7,11 @@ on the embedded Valkey and on RabbitMQ too.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 from celerylab import labs
-from tests.kit.conftest import ROOT, run_celerylab
+from tests.kit.conftest import grade_side_by_side, run_celerylab
 
 LABS = [lab.name for lab in labs.catalogue()]
 
@@ -62,25 +60,5 @@ def test_solution_gets_full_marks_on_every_broker(lab, broker, tmp_path, home, n
 def test_two_gradings_at_once_do_not_see_each_other(tmp_path, home, no_orphans):
     """Same broker, same lab, same task names, at the same time: each run sees only its own tasks."""
     selection = "first_try or client_error or server_errors"
-    runs = []
-    for n in (1, 2):
-        (tmp_path / str(n)).mkdir()
-        cmd = [
-            sys.executable,
-            "-m",
-            "celerylab.cli",
-            "grade",
-            "retries",
-            "--solutions",
-            "-k",
-            selection,
-            "--report-dir",
-            str(tmp_path / str(n)),
-        ]
-        runs.append(
-            subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        )
-    outputs = [run.communicate(timeout=300)[0] for run in runs]
-    for n, run in enumerate(runs, 1):
-        report = json.loads((tmp_path / str(n) / "retries.json").read_text())
-        assert run.returncode == 0 and report["score"] == report["max_score"] == 4, outputs[n - 1][-2000:]
+    for code, report, out in grade_side_by_side("retries", tmp_path, "-k", selection):
+        assert code == 0 and report["score"] == report["max_score"] == 4, out[-2000:]

@@ -15,7 +15,14 @@ from tests.kit.conftest import ROOT
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def _marks(path: Path) -> list:
+    """The section notebooks from 05 on run a lab's scenarios on several workers (10-40 s each): they run in
+    the slow suite (CI runs it), so the default `pytest` stays under its 10-minute budget."""
+    number = path.stem.partition("_")[0]
+    return [pytest.mark.slow] if number.isdigit() and int(number) >= 5 else []
+
+
+@pytest.mark.parametrize("path", [pytest.param(p, id=p.stem, marks=_marks(p)) for p in NOTEBOOKS])
 def test_notebook_executes(path: Path, tmp_path, monkeypatch, no_orphans):
     # The kernel must be this interpreter (with celerylab installed), whatever PATH says.
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")

@@ -117,6 +117,7 @@ def test_early_ack_is_lost_acks_late_is_redelivered(run, proofs, tasks, claim):
     early = tasks.early_ack.apply_async((1,), queue=queue)
     late = tasks.late_ack.apply_async((1,), queue=queue)
     run.wait_until(lambda tl: tl.attempts(early.id) and tl.attempts(late.id), "both tasks running")
+    doomed.settle()  # Celery acks early one event-loop turn after the start: let that turn happen first
     doomed.kill()
     survivor = proofs.start_worker("acks-b", concurrency=2, queues=[queue], settings=restore_fast)
     try:
@@ -200,3 +201,34 @@ def test_ignored_result_stays_pending(run, tasks, claim):
     assert run.timeline.state(result.id) == "SUCCESS", "the worker ran it"
     assert result.state == "PENDING"
     assert claim("pitfalls-003").startswith('"PENDING"')
+
+
+def _held(worker, deadline: float) -> tuple[int, int]:
+    """(running, reserved) tasks of ``worker`` once its reserved count has been stable for two reads."""
+    last = None
+    while True:
+        inspect = worker.inspect()
+        now = (len(inspect.active()[worker.hostname]), len(inspect.reserved()[worker.hostname]))
+        if now == last or time.monotonic() > deadline:
+            return now
+        last = now
+
+
+def test_prefetch_one_with_early_acks_reserves_one_more(run, proofs, tasks, claim):
+    settings = {"worker_prefetch_multiplier": 1}
+    held = {}
+    for kind, task in (("early", tasks.early_ack), ("late", tasks.late_ack)):
+        queue = proofs.ns.queue_name(f"prefetch-{kind}")
+        worker = proofs.start_worker(f"prefetch-{kind}", concurrency=1, queues=[queue], settings=settings)
+        try:
+            sent = [task.apply_async((n,), queue=queue) for n in range(3)]
+            run.wait_until(lambda tl, s=sent: tl.attempts(s[0].id), f"the first {kind} task running")
+            worker.settle()  # the early ack, and the fetch it makes room for, happen a loop turn later
+            worker.settle()
+            held[kind] = _held(worker, time.monotonic() + 10)
+            assert len(run.timeline.attempts(sent[1].id)) == 0, "only one task runs at a time"
+        finally:
+            worker.stop()
+    assert held["early"] == (1, 1), f"early acks: (running, reserved) = {held['early']}"
+    assert held["late"] == (1, 0), f"acks_late: (running, reserved) = {held['late']}"
+    assert claim("prefetch-010").startswith("One task running and one reserved")

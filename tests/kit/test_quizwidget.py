@@ -92,3 +92,17 @@ def test_interview_prep_notebook_runs_headless(home, monkeypatch):
     data = [o.get("data", {}) for o in outputs]
     assert any("application/vnd.jupyter.widget-view+json" in d for d in data), "the quiz widget is displayed"
     assert any("image/png" in d for d in data), "the mastery chart is drawn"
+
+
+def test_short_answer_feedback_shows_the_evidence(home):
+    quiz = QuizWidget(topic="routing", count=50, remember=False)
+    while quiz.current is not None and quiz.current.id != "routing-007":
+        quiz.next()
+    quiz.answer("Not task_default_queue; use task_routes.")
+    assert quiz.check() is False
+    assert "negated in “Not task_default_queue”" in quiz.feedback.value
+    again = QuizWidget(topic="routing", count=50, remember=False)
+    while again.current.id != "routing-007":
+        again.next()
+    again.answer("CELERY_DEFAULT_QUEUE")
+    assert again.check() is True and "found in: “CELERY_DEFAULT_QUEUE”" in again.feedback.value

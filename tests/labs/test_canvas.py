@@ -178,6 +178,7 @@ def run_ok(lab, http_stub, pages: int = PAGES) -> tuple[Site, object]:
     return site, final
 
 
+@pytest.mark.rules("parallel-fetch")
 @pytest.mark.points(2)
 @pytest.mark.deadline(20)
 def test_pages_are_fetched_in_parallel(lab, worker, http_stub):
@@ -203,6 +204,7 @@ def test_pages_are_fetched_in_parallel(lab, worker, http_stub):
     )
 
 
+@pytest.mark.rules("merge-once-in-order", needs=["parallel-fetch"])
 @pytest.mark.points(2)
 @pytest.mark.deadline(20)
 def test_merge_waits_for_every_page_and_gets_them_in_order(lab, worker, http_stub):
@@ -236,6 +238,7 @@ def test_merge_waits_for_every_page_and_gets_them_in_order(lab, worker, http_stu
     )
 
 
+@pytest.mark.rules("publish-after-merge", needs=["merge-once-in-order"])
 @pytest.mark.points(1)
 @pytest.mark.deadline(20)
 def test_publish_gets_the_merged_report(lab, worker, http_stub):
@@ -259,6 +262,7 @@ def test_publish_gets_the_merged_report(lab, worker, http_stub):
     )
 
 
+@pytest.mark.rules("announce-immutable", needs=["publish-after-merge"])
 @pytest.mark.points(1)
 @pytest.mark.deadline(20)
 def test_announce_is_immutable_and_last(lab, worker, http_stub):
@@ -292,6 +296,7 @@ def test_announce_is_immutable_and_last(lab, worker, http_stub):
     )
 
 
+@pytest.mark.rules("fail-stops-workflow", "alert-once")
 @pytest.mark.points(2)
 @pytest.mark.deadline(20)
 def test_failing_page_fails_the_chord_and_alerts_once(lab, worker, http_stub):
@@ -342,16 +347,19 @@ def test_failing_page_fails_the_chord_and_alerts_once(lab, worker, http_stub):
         hint="attach alert once, to the whole workflow (.on_error / link_error); an errback on every "
         "header task runs once per failing page, and the chord's once more.",
     )
-    error = str((alerts[0] or {}).get("error", "")) if isinstance(alerts[0], dict) else ""
+    body = alerts[0] if isinstance(alerts[0], dict) else {}
+    failed = [r.id for r in chain if r.state == "FAILURE" and isinstance(r.result, ChordError)]
     expect(
-        "ChordError" in error,
-        "alert should report the chord's error.",
-        expected='{"task": ..., "error": "ChordError(...)"}',
+        "ChordError" in str(body.get("error", "")) and body.get("task") in failed,
+        "alert should report the task that failed and its error.",
+        expected=f'{{"task": "{failed[0] if failed else "?"}" (the failed task: request.id), '
+        '"error": "ChordError(...)"}',
         observed=repr(alerts[0])[:300],
         hint="from alert(request, exc, traceback, base_url), POST {'task': request.id, 'error': repr(exc)}.",
     )
 
 
+@pytest.mark.rules("no-blocking")
 @pytest.mark.points(1)
 @pytest.mark.deadline(20)
 def test_no_task_waits_for_another(lab, worker, http_stub):
@@ -384,6 +392,7 @@ def test_no_task_waits_for_another(lab, worker, http_stub):
     )
 
 
+@pytest.mark.rules("scales", needs=["merge-once-in-order", "publish-after-merge", "no-blocking"])
 @pytest.mark.points(1)
 @pytest.mark.deadline(35)
 def test_chord_of_100_pages(lab, worker, http_stub):

@@ -1,0 +1,172 @@
+"""Grading the graders: every mutant must be caught where its rule is judged, every variant must pass.
+
+A lab's ``solutions/<lab>/mutants/<rule>[--<what>].py`` each break one rule of the lab's contract (its
+``lab.toml`` rules); ``solutions/<lab>/variants/*.py`` are correct solutions written differently from the
+reference. :func:`check` grades each of them ``repeat`` times, each grade a real ``celerylab grade`` in its
+own process, and judges:
+
+- the reference solution and every variant: full marks on every run;
+- a mutant of rule R: on every run, at least one failed test judges R (``@pytest.mark.rules("R")``), and
+  every failed test judges or needs R. A mutant that passes is a missing test; one that fails elsewhere
+  is a grader that blames the wrong rule.
+
+``celerylab grade --repeat N`` uses the same runs to show each test's pass rate, so a race in a learner's
+code shows up as 17/20 rather than as a lucky pass.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from celerylab.labs import Lab, mutant_rule
+from celerylab.paths import kit_root
+from celerylab.results import GradeReport, TestResult
+
+GRADE_TIMEOUT = 600.0
+
+
+@dataclass
+class Run:
+    report: GradeReport | None
+    output: str  # what the grade printed, for a run that produced no report
+
+    @property
+    def failed(self) -> list:
+        return [t for t in self.report.tests if t.status != "pass"] if self.report else []
+
+
+def grade_once(lab: Lab, target: Path, broker: str | None = None, keyword: str | None = None) -> Run:
+    """One real grade of ``target`` (a folder or a ``.py`` file) in a fresh process."""
+    with tempfile.TemporaryDirectory(prefix="celerylab-check-") as out:
+        cmd = [sys.executable, "-m", "celerylab.cli", "grade", lab.name, "--target", str(target)]
+        cmd += ["--report-dir", out]
+        if broker:
+            cmd += ["--broker", broker]
+        if keyword:
+            cmd += ["-k", keyword]
+        try:
+            done = subprocess.run(
+                cmd,
+                capture_output=True,
+                text=True,
+                timeout=GRADE_TIMEOUT,
+                cwd=kit_root(),
+                env={**os.environ, "CELERYLAB_HOME": out},  # its own logs: runs may overlap
+            )
+            output = done.stdout + done.stderr
+        except subprocess.TimeoutExpired as exc:
+            return Run(None, f"the grade took longer than {GRADE_TIMEOUT:.0f} s: {exc}")
+        path = Path(out) / f"{lab.name}.json"
+        return Run(GradeReport.read(path) if path.exists() else None, output[-3000:])
+
+
+def grade_runs(
+    lab: Lab, target: Path, repeat: int, broker: str | None = None, jobs: int = 1, keyword: str | None = None
+) -> list[Run]:
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        return list(pool.map(lambda _: grade_once(lab, target, broker, keyword), range(repeat)))
+
+
+def pass_rates(runs: Iterable[Run]) -> dict[str, tuple[str, int, int]]:
+    """test id -> (title, runs passed, runs graded)."""
+    rates: dict[str, tuple[str, int, int]] = {}
+    for run in runs:
+        for t in run.report.tests if run.report else []:
+            title, passed, total = rates.get(t.id, (t.title, 0, 0))
+            rates[t.id] = (title, passed + (t.status == "pass"), total + 1)
+    return rates
+
+
+@dataclass
+class Verdict:
+    kind: str  # "solution" | "variant" | "mutant"
+    path: Path
+    rule: str | None
+    runs: list[Run] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def caught(self) -> int:
+        """Runs that judged it right: full marks for a correct solution, a catch for a mutant."""
+        return len(self.runs) - len({p.split(":", 1)[0] for p in self.problems})
+
+
+def _evidence(test: TestResult) -> str:
+    """A failed verdict's first lines (what, expected, observed): a flake in CI must be diagnosable from
+    its log alone."""
+    return " / ".join((test.message or "").splitlines()[:4])
+
+
+def judge(kind: str, path: Path, rule: str | None, runs: list[Run]) -> Verdict:
+    verdict = Verdict(kind, path, rule, runs)
+    for n, run in enumerate(runs, 1):
+        if run.report is None:
+            verdict.problems.append(f"run {n}: no report\n{run.output}")
+        elif kind != "mutant":
+            if not run.report.full_marks:
+                lost = "; ".join(f"{t.title}: {_evidence(t)}" for t in run.failed)
+                verdict.problems.append(f"run {n}: {run.report.score:g}/{run.report.max_score:g} ({lost})")
+        else:
+            judged = [t for t in run.failed if rule in t.rules]
+            elsewhere = [
+                f"{t.title} ({_evidence(t)})"
+                for t in run.failed
+                if rule not in t.rules and rule not in t.needs
+            ]
+            if not judged:
+                verdict.problems.append(f"run {n}: survived (no test of rule {rule} failed)")
+            if elsewhere:
+                verdict.problems.append(f"run {n}: also failed tests of other rules: {elsewhere}")
+    return verdict
+
+
+Target = tuple[str, Path, str | None]  # kind, path, the rule a mutant breaks (None otherwise)
+
+
+def targets(lab: Lab, kinds: Iterable[str] = ("solution", "variant", "mutant")) -> list[Target]:
+    out: list[Target] = []
+    if "solution" in kinds:
+        out.append(("solution", lab.solution, None))
+    if "variant" in kinds:
+        out += [("variant", p, None) for p in lab.variants]
+    if "mutant" in kinds:
+        out += [("mutant", p, mutant_rule(p)) for p in lab.mutants]
+    return out
+
+
+def check(
+    lab: Lab,
+    repeat: int = 1,
+    broker: str | None = None,
+    kinds: Iterable[str] = ("solution", "variant", "mutant"),
+    jobs: int = 2,
+    on_run: Callable[[Target, Run], None] | None = None,
+) -> list[Verdict]:
+    """Grade the solution, the variants and the mutants of ``lab`` ``repeat`` times each; ``on_run`` hears
+    of each grade as it ends (a check of every mutant ten times takes a while)."""
+    plan = [(kind, path, rule) for kind, path, rule in targets(lab, kinds) for _ in range(repeat)]
+
+    def one(target: Target) -> Run:
+        run = grade_once(lab, target[1], broker)
+        if on_run is not None:
+            on_run(target, run)
+        return run
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        runs = list(pool.map(one, plan))
+    verdicts = []
+    for i in range(0, len(plan), repeat):
+        kind, path, rule = plan[i]
+        verdicts.append(judge(kind, path, rule, runs[i : i + repeat]))
+    return verdicts
