@@ -282,6 +282,17 @@ def test_import_resumes_from_its_checkpoint(lab, imported):
             f"the retry is parked for {eta - time.time():.0f} s: retry with countdown=0 "
             "(default_retry_delay is 180 s)."
         )
+    elif (
+        len(tries) == 1
+        and missing
+        and tries[0].outcome == "success"
+        and (tries[0].duration or 0) >= SOFT - 0.3  # it ran until the limit, then returned
+    ):
+        hint = (
+            f"the soft limit stopped it after {len(set(rows))} rows and it returned: on "
+            'SoftTimeLimitExceeded retry from the first row not done (self.retry(kwargs={"start": done}, '
+            "countdown=0)), do not return."
+        )
     elif len(tries) < 2:
         hint = "nothing interrupted it: the soft limit comes first (rule import-soft-limit)."
     elif repeats > interruptions:
