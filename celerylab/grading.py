@@ -241,8 +241,11 @@ def _message(call: pytest.CallInfo) -> str:
             f"the test ran {BACKSTOP_MARGIN:.0f} s past its deadline and was stopped. The grader was stuck "
             "waiting on something its deadline does not bound; this is a grader bug, please report it."
         )
-    tb = call.excinfo.getrepr(style="short", chain=False)
-    return f"the grader hit an unexpected {type(exc).__name__}: {exc}\n{tb}"[-3000:]
+    # What went wrong first, then the end of the traceback (where it happened): a long traceback must not
+    # push the error itself out of the message.
+    head = f"the grader hit an unexpected {type(exc).__name__}: {str(exc)[:500]}"
+    tb = str(call.excinfo.getrepr(style="short", chain=False))
+    return f"{head}\n{tb[-2500:]}"
 
 
 def pytest_keyboard_interrupt(excinfo) -> None:

@@ -184,3 +184,19 @@ def test_workers_run_in_a_time_zone_that_is_not_utc(tmp_path, home, no_orphans):
     report = json.loads((tmp_path / "retries.json").read_text())
     assert "+0545" in report["tests"][0]["message"], report["tests"][0]["message"]
     assert done.returncode == 1
+
+
+def test_a_grader_error_keeps_its_name_however_deep_the_traceback():
+    """A grader bug is reported with the error first; a deep traceback keeps only its end after that."""
+    from celerylab.grading import _message
+
+    def deep(n: int) -> None:
+        if n == 0:
+            raise ConnectionError("the broker went away")
+        deep(n - 1)
+
+    call = pytest.CallInfo.from_call(lambda: deep(200), when="setup")
+    message = _message(call)
+    assert message.splitlines()[0] == "the grader hit an unexpected ConnectionError: the broker went away"
+    assert "raise ConnectionError" in message  # where it happened: the traceback's end
+    assert len(message) < 3200
