@@ -133,8 +133,10 @@ class Recorder:
             try:
                 self._wait_listening(per_attempt)
                 return self
-            except DeadlineExceeded:
+            except Exception as exc:  # deaf, or the sending connection failed (a socket timeout under load)
                 self.stop()
+                if not isinstance(exc, DeadlineExceeded):
+                    self._error = exc
                 if attempt == attempts:
                     raise DeadlineExceeded(self._deaf_message(timeout)) from None
         raise AssertionError("unreachable")

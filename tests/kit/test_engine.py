@@ -331,3 +331,22 @@ def test_settle_returns_on_a_live_worker_and_names_a_frozen_one(ns, folder, no_o
     finally:
         worker.proc.send_signal(signal.SIGCONT)
         worker.stop()
+
+
+def test_a_recorder_whose_sends_fail_is_tried_again_then_reported_as_deaf(ns, monkeypatch):
+    """A connection error while the recorder checks it can hear (a socket timeout on a loaded host) costs an
+    attempt, not the grade's setup: three tries, then a verdict that names the error."""
+    from celerylab.timeline import DeadlineExceeded
+
+    rec = Recorder(ns.app("rec"))
+    tries = []
+
+    def failing_send(timeout: float) -> None:
+        tries.append(timeout)
+        raise ConnectionError("Timeout reading from socket")
+
+    monkeypatch.setattr(rec, "_wait_listening", failing_send)
+    with pytest.raises(DeadlineExceeded, match="could not hear the broker.*Timeout reading from socket"):
+        rec.start(timeout=3.0, attempts=3)
+    assert tries == [1.0, 1.0, 1.0]
+    rec.stop()
