@@ -105,6 +105,12 @@ def test_a_ctrl_c_swallowed_by_a_finaliser_still_stops_the_grade():
         signal.signal(signal.SIGINT, before)
 
 
+def _ctrl_c_live() -> None:
+    """The grader starts with Ctrl-C live, as from a terminal, even when these tests run with SIGINT ignored
+    (under nohup or as a background job, whose children inherit the ignore and rightly keep it)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_during_a_grade_leaves_nothing_behind(home, no_orphans):
     """SIGINT to the whole foreground group, as a terminal's Ctrl-C does, in the middle of a grade."""
     grader = subprocess.Popen(
@@ -114,6 +120,7 @@ def test_ctrl_c_during_a_grade_leaves_nothing_behind(home, no_orphans):
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        preexec_fn=_ctrl_c_live,
     )
     deadline = time.monotonic() + 60
     while not kit_processes(no_orphans) or not (home / "logs" / "retries" / "w1.log").exists():
@@ -136,6 +143,7 @@ def test_ctrl_c_during_a_shutdown_test_leaves_nothing_behind(home, no_orphans):
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        preexec_fn=_ctrl_c_live,
     )
     deadline = time.monotonic() + 60
     rescue_log = home / "logs" / "shutdown" / "rescue.log"  # started right after the SIGQUIT
