@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -111,10 +112,11 @@ def _ctrl_c_live() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def test_ctrl_c_during_a_grade_leaves_nothing_behind(home, no_orphans):
-    """SIGINT to the whole foreground group, as a terminal's Ctrl-C does, in the middle of a grade."""
+def _ctrl_c_a_grade(args: list[str], started: Callable[[], bool], not_started: str) -> str:
+    """Grade, and once ``started()`` holds, Ctrl-C the whole foreground group as a terminal does: the grade
+    must say it was interrupted and exit 130. Returns what it printed."""
     grader = subprocess.Popen(
-        [sys.executable, "-m", "celerylab.cli", "grade", "retries", "--solutions", "--broker", "embedded"],
+        [sys.executable, "-m", "celerylab.cli", "grade", *args],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -123,37 +125,31 @@ def test_ctrl_c_during_a_grade_leaves_nothing_behind(home, no_orphans):
         preexec_fn=_ctrl_c_live,
     )
     deadline = time.monotonic() + 60
-    while not kit_processes(no_orphans) or not (home / "logs" / "retries" / "w1.log").exists():
-        assert time.monotonic() < deadline and grader.poll() is None, "the grade never started a worker"
-        time.sleep(0.1)
+    while not started():
+        assert time.monotonic() < deadline and grader.poll() is None, not_started
+        time.sleep(0.05)
     os.killpg(grader.pid, signal.SIGINT)
     out, _ = grader.communicate(timeout=60)
     assert grader.returncode == 130, out[-2000:]
     assert "grade interrupted; every worker, beat and broker it started is stopped" in out
+    return out
+
+
+def test_ctrl_c_during_a_grade_leaves_nothing_behind(home, no_orphans):
+    """SIGINT to the whole foreground group, as a terminal's Ctrl-C does, in the middle of a grade."""
+    out = _ctrl_c_a_grade(
+        ["retries", "--solutions", "--broker", "embedded"],
+        lambda: bool(kit_processes(no_orphans)) and (home / "logs" / "retries" / "w1.log").exists(),
+        "the grade never started a worker",
+    )
     for noise in ("Traceback", "KeyboardInterrupt", "no tests ran", "exit code"):
         assert noise not in out, out[-2000:]
 
 
 def test_ctrl_c_during_a_shutdown_test_leaves_nothing_behind(home, no_orphans):
     """Ctrl-C while a worker of the shutdown lab is in its soft shutdown and a rescue worker starts."""
-    grader = subprocess.Popen(
-        [sys.executable, "-m", "celerylab.cli", "grade", "shutdown", "--solutions"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-        preexec_fn=_ctrl_c_live,
-    )
-    deadline = time.monotonic() + 60
     rescue_log = home / "logs" / "shutdown" / "rescue.log"  # started right after the SIGQUIT
-    while not rescue_log.exists():
-        assert time.monotonic() < deadline and grader.poll() is None, "the grade never sent its SIGQUIT"
-        time.sleep(0.05)
-    os.killpg(grader.pid, signal.SIGINT)
-    out, _ = grader.communicate(timeout=60)
-    assert grader.returncode == 130, out[-2000:]
-    assert "grade interrupted; every worker, beat and broker it started is stopped" in out
+    out = _ctrl_c_a_grade(["shutdown", "--solutions"], rescue_log.exists, "the grade never sent its SIGQUIT")
     assert "Traceback" not in out, out[-2000:]
 
 
