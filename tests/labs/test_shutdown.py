@@ -39,11 +39,16 @@ CANCEL_EARLY = 0.4  # the cancel never comes sooner than SOFT_SHUTDOWN after the
 BACK_BOUND = 15.0  # signal -> transcode back on the rescue worker (seen: ~3 s)
 REQUEUE_BOUND = 3.0  # the deploy worker's exit -> its given-back message started on the rescue worker
 LATE_MARGIN = 1.0  # after transcode came back: a late-acked receipt comes back in the same restore, at once
-# import_rows: 12 rows x 0.1 s (and a POST each): the 1 s limit cuts attempt 1 after ~8-10 rows, and attempt
-# 2 has only ~0.2-0.5 s of rows left. An attempt that ends within a few ms of its soft limit can be reported
-# FAILURE (SoftTimeLimitExceeded) by the main process after its process reported success (seen once with
-# 25 rows, whose third attempt needed ~1.0 s): so the last attempt is kept far from the limit.
+# import_rows: 12 rows x 0.1 s (and a POST each). The stub holds the first report of row HOLD_ROW for
+# HOLD_SECONDS (a reply trickled a byte at a time, so no client read timeout fires): an attempt that reaches
+# it is still running when its 1 s limit comes, however slow or fast the host, and however late the worker's
+# main process starts the limit's timer under load (it starts it when it reads the child's ack). Without
+# the hold, a timer ~0.5 s late let attempt 1 finish all 12 rows. The attempt after the cut has ~0.6 s of
+# rows left, far from its own limit: an attempt that ends within a few ms of its soft limit can be reported
+# FAILURE by the main process after its process reported success.
 SOFT, ROWS, ROW_SECONDS = 1.0, 12, 0.1
+HOLD_ROW, HOLD_SECONDS = 6, 6.0
+LIMIT_LATE = 1.2  # an attempt cut by its limit ends within this of SOFT (the timer is late under load)
 BIG_KB = 80_000  # a thumbnail that leaks ~80 MB: past the 100 MB limit whatever the baseline (~60 MB)
 PROBE_SLACK = 1.0  # is_alive must answer within its timeout plus this
 
@@ -218,9 +223,18 @@ class Import:
 
 @pytest.fixture(scope="module")
 def imported(lab_session: LabSession, http_stub, fleet):
-    """import_rows(12 rows, ~1.3 s of work) on worker w1, until it is finished (or 15 s have passed)."""
+    """import_rows(12 rows, one of them held by the stub) on worker w1, until it is finished (or 15 s)."""
     run = LabRun(lab_session, 30.0)
-    url = http_stub.script("/rows", [200])
+    held = threading.Event()
+
+    def report(request):  # the first report of HOLD_ROW is held: the attempt that sent it meets its limit
+        body = request.json()
+        if isinstance(body, dict) and body.get("row") == HOLD_ROW and not held.is_set():
+            held.set()
+            return ("trickle", HOLD_SECONDS)
+        return 200, {"ok": True}
+
+    url = http_stub.handle("/rows", report)
     run.worker("w1")
     result = run.send("import_rows", "b-1", ROWS, url)
     with contextlib.suppress(LabFailure):  # judged by the tests, with what was seen
@@ -256,8 +270,8 @@ def test_import_has_a_one_second_soft_limit(lab, imported):
         tries
         and None not in durations
         and interrupted
-        and all(SOFT - 0.3 <= d <= SOFT + 0.8 for d in cut)
-        and durations[-1] <= SOFT + 0.8,
+        and all(SOFT - 0.3 <= d <= SOFT + LIMIT_LATE for d in cut)
+        and durations[-1] <= SOFT + LIMIT_LATE,
         f"import_rows({ROWS} rows, {ROWS * ROW_SECONDS:g} s) must be cut by its soft limit every ~1 s.",
         expected=f"every attempt but the last ends ~{SOFT:g} s after it started, before its rows are done",
         observed=f"{summary(tl, uuid)}; {len(set(imported.rows))} of {ROWS} rows reported",
