@@ -3,11 +3,14 @@
 ``lab.toml`` fields (all required unless marked optional):
 
 - ``title``: one line, shown in lists.
-- ``order``: the lab's place in the curriculum (1 = first); the catalogue is sorted by it.
+- ``order``: the lab's place in the curriculum (0 = first, the newcomers' lab); the catalogue is sorted by it.
 - ``sections``: the cheat-sheet sections the lab drills, e.g. ``[5, 15]``.
 - ``expected_seconds``: how long a grade of the solution should take here (README and benchmark).
 - ``notebook``, ``quiz``: paths, relative to the kit root, of the topic's notebook and quiz file.
 - ``hints``: tiered hints, gentlest first; ``celerylab hint <lab>`` reveals one more each time.
+- ``command`` (optional): the learner's own worker command line, ``celery -A APP worker ...`` (say
+  ``celery -A tasks worker -l info``), run in the lab folder as it is, with the kit's node name, queue
+  and event options after it. Without it workers run ``celery -A celerylab.runtime worker`` on tasks.py.
 - ``rules``: the contract as data, an array of tables ``{id, text, points}``. ``id`` is short kebab-case
   (``retry-5xx``), ``text`` is the rule exactly as the README's contract table states it, ``points`` its
   worth. Each autograder test names the rules it judges with ``@pytest.mark.rules("id", ...)`` (and the
@@ -60,6 +63,7 @@ REQUIRED = {
 }
 
 
+COMMAND = re.compile(r"^celery (-A|--app) \S+ worker( .*)?$")  # lab.toml's `command`
 RULE_ID = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")  # so ``<rule>--<what>.py`` splits unambiguously
 
 
@@ -86,6 +90,7 @@ class Lab:
     hints: tuple[str, ...]
     root: Path
     rules: tuple[Rule, ...] = ()
+    command: str | None = None
 
     def rule(self, rule_id: str) -> Rule:
         for rule in self.rules:
@@ -167,6 +172,9 @@ def load_lab(path: Path, root: Path | None = None) -> Lab:
             raise CatalogueError(f"{path}: `{key}` has the wrong type ({type(data[key]).__name__})")
     if not data["hints"] or not all(isinstance(h, str) and h.strip() for h in data["hints"]):
         raise CatalogueError(f"{path}: `hints` must be a non-empty list of texts")
+    command = data.get("command")
+    if command is not None and (not isinstance(command, str) or not COMMAND.match(command)):
+        raise CatalogueError(f"{path}: `command` must read `celery -A APP worker ...`, not {command!r}")
     return Lab(
         name=path.parent.name,
         title=data["title"],
@@ -178,6 +186,7 @@ def load_lab(path: Path, root: Path | None = None) -> Lab:
         hints=tuple(" ".join(h.split()) for h in data["hints"]),
         root=root,
         rules=_rules(path, data.get("rules")),
+        command=command,
     )
 
 

@@ -21,6 +21,7 @@ from types import ModuleType
 from typing import Any
 
 from celery import Celery, signals
+from celery.loaders.app import AppLoader
 
 from celerylab import namespaces
 
@@ -31,6 +32,7 @@ ATTEMPT_START = "celerylab-start"  # sent from the pool process; see celerylab.t
 ATTEMPT_END = "celerylab-end"
 PROCESS_UP = "celerylab-process-up"  # sent by each new pool process; see celerylab.timeline
 ONLINE = "celerylab-online"  # sent by the worker's main process once it is ready
+LEARNER_LOADER = "celerylab.runtime:LearnerLoader"  # $CELERY_LOADER of a worker on the learner's command
 MERGED = ("broker_transport_options", "result_backend_transport_options")
 TASK_OPTIONS = (
     "autoretry_for",
@@ -243,23 +245,48 @@ def _maintain_pool_every(seconds: float) -> None:
     asynpool.AsynPool.timers = property(lambda pool: {pool.maintain_pool: seconds})
 
 
-def _worker_app() -> Celery | None:
+def _worker_spec() -> dict[str, Any] | None:
     spec = os.environ.get(ENV)
-    if not spec:
+    return json.loads(spec) if spec else None
+
+
+def _worker_app() -> Celery | None:
+    """The app of ``celery -A celerylab.runtime worker``: the learner's, with the kit's settings."""
+    spec = _worker_spec()
+    if not spec or spec.get("command"):  # the learner's own command line: LearnerLoader does this
         return None
-    spec = json.loads(spec)
     if spec["config"].get(RANDOM) == "max":
         _pin_random_to_max()
     if spec["config"].get(POOL_MAINTENANCE):
         _maintain_pool_every(float(spec["config"][POOL_MAINTENANCE]))
     _, worker_app = load_tasks(spec["folder"], spec["config"], spec.get("module", "tasks"))
+    _instrument(worker_app)
+    return worker_app
+
+
+class LearnerLoader(AppLoader):
+    """The loader of a worker started with the learner's own command line (lab.toml's ``command``, say
+    ``celery -A tasks worker -l info``): the kit names it in ``$CELERY_LOADER``, which Celery reads
+    for every app it creates. When the worker initialises, before it connects to anything, this lays
+    the kit's settings over the learner's app and wires the attempt events, as ``celery -A
+    celerylab.runtime`` does for the other labs. The learner's module is loaded by Celery itself."""
+
+    def on_worker_init(self) -> None:
+        super().on_worker_init()
+        spec = _worker_spec()
+        if spec and spec.get("command"):
+            apply_config(self.app, spec["config"])
+            _instrument(self.app)
+
+
+def _instrument(worker_app: Celery) -> None:
+    """Connect the attempt and life-cycle events (inherited by the pool processes it forks)."""
     signals.task_prerun.connect(_attempt_started, weak=False)
     signals.task_retry.connect(_attempt_failed, weak=False)
     signals.task_failure.connect(_attempt_failed, weak=False)
     signals.task_postrun.connect(_attempt_ended, weak=False)
     signals.worker_process_init.connect(_announcer(worker_app, PROCESS_UP), weak=False)
     signals.worker_ready.connect(_announcer(worker_app, ONLINE), weak=False)
-    return worker_app
 
 
 if __name__ == "__main__":

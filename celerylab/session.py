@@ -22,7 +22,7 @@ from typing import Any
 
 from celery.result import AsyncResult
 
-from celerylab import processes, runtime
+from celerylab import labs, processes, runtime
 from celerylab.brokers import Broker
 from celerylab.namespaces import Namespace
 from celerylab.timeline import FINAL, DeadlineExceeded, Recorder, Timeline
@@ -57,6 +57,9 @@ def expect(condition: Any, what: str, *, expected: str = "", observed: str = "",
 class LabSession:
     def __init__(self, name: str, folder: Path, broker: Broker, logdir: Path) -> None:
         self.name, self.folder, self.broker = name, folder, broker
+        self.command = _worker_command(
+            name
+        )  # the learner's own `celery -A ... worker` line, if the lab has one
         self.ns = Namespace(broker, name)
         self.logdir = logdir
         shutil.rmtree(logdir, ignore_errors=True)
@@ -196,7 +199,10 @@ class LabSession:
         few differently configured workers pays about one start-up. Those named in ``reuse`` become the
         workers :meth:`worker` hands out under that name (replaced as usual if they die)."""
         workers = self._launch(
-            [Worker(self.ns, self.folder, name=n, log_path=self._log_path(n), **o) for n, o in specs.items()]
+            [
+                Worker(self.ns, self.folder, name=n, log_path=self._log_path(n), command=self.command, **o)
+                for n, o in specs.items()
+            ]
         )
         kept = set(reuse)
         self._reused.update({worker.name: worker for worker in workers if worker.name in kept})
@@ -383,3 +389,11 @@ class LabRun:
             return self.timeline.wait_for(predicate, limit, what)
         except DeadlineExceeded as exc:
             raise LabFailure(verdict(f"Gave up waiting for {what}.", observed=str(exc))) from None
+
+
+def _worker_command(lab: str) -> str | None:
+    """lab.toml's ``command``; None for a module outside the catalogue (the kit's own tests)."""
+    try:
+        return labs.find(lab).command
+    except labs.CatalogueError:
+        return None

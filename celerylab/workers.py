@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -29,6 +30,14 @@ from celerylab import processes, runtime, timeline
 from celerylab.namespaces import Namespace
 
 READY_TIMEOUT = 30.0
+
+
+def learner_command(command: str) -> list[str]:
+    """``"celery -A tasks worker -l info"`` as argv, checked: Celery's worker, on one app."""
+    argv = shlex.split(command)
+    if len(argv) < 4 or argv[0] != "celery" or argv[1] not in ("-A", "--app") or argv[3] != "worker":
+        raise ValueError(f"not a worker command of the form `celery -A APP worker ...`: {command!r}")
+    return argv
 
 
 class WorkerError(RuntimeError):
@@ -56,12 +65,24 @@ class _Process:
         self.log_path = log_path or self._own_dir / f"{self.kind}.log"
         self.proc = None
 
-    def _spawn(self, argv: Sequence[str], hostname: str = "") -> None:
-        spec = {"folder": str(self.folder), "module": self.module, "config": self.settings}
+    def _spawn(self, argv: Sequence[str], hostname: str = "", command: str | None = None) -> None:
+        """``celery -A celerylab.runtime <argv>``; or, given the learner's own ``command`` (``celery -A
+        tasks worker -l info``), exactly that with ``argv`` after it, the kit's settings laid over their
+        app by :class:`celerylab.runtime.LearnerLoader`."""
+        spec = {
+            "folder": str(self.folder),
+            "module": self.module,
+            "config": self.settings,
+            "command": command,
+        }
         env = {**os.environ, runtime.ENV: json.dumps(spec), "PYTHONUNBUFFERED": "1"}
         if hostname:  # its pool processes name themselves in their life-cycle events (celerylab.runtime)
             env[runtime.HOSTNAME_ENV] = hostname
-        cmd = [sys.executable, "-m", "celery", "-A", "celerylab.runtime", *argv]
+        if command:
+            env["CELERY_LOADER"] = runtime.LEARNER_LOADER
+            cmd = [sys.executable, "-m", *learner_command(command), *argv]
+        else:
+            cmd = [sys.executable, "-m", "celery", "-A", "celerylab.runtime", *argv]
         self.proc = processes.spawn(cmd, log_path=self.log_path, env=env, cwd=self.folder)
 
     @property
@@ -115,8 +136,10 @@ class Worker(_Process):
         extra_args: Sequence[str] = (),
         module: str = "tasks",
         log_path: Path | None = None,
+        command: str | None = None,
     ) -> None:
         super().__init__(ns, folder, settings, module, log_path)
+        self.command = command  # the learner's own worker command line (lab.toml `command`), if any
         self.name, self.hostname = name, ns.hostname(name)
         self.concurrency, self.pool = concurrency, pool
         self.queues = list(queues or [ns.queue])
@@ -133,26 +156,24 @@ class Worker(_Process):
 
     def spawn(self) -> None:
         """Start the process without waiting: other work can overlap its ~1 s of start-up."""
-        self._spawn(
-            [
-                "worker",
-                "-P",
-                self.pool,
-                *(["-c", str(self.concurrency)] if self.concurrency else []),  # None: the app's own setting
-                "-n",
-                self.hostname,
-                "-Q",
-                ",".join(self.queues),
-                "-E",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-                "-l",
-                "INFO",
-                *self.extra_args,
-            ],
-            hostname=self.hostname,
-        )
+        options = [
+            "-P",
+            self.pool,
+            *(["-c", str(self.concurrency)] if self.concurrency else []),  # None: the app's own setting
+            "-n",
+            self.hostname,
+            "-Q",
+            ",".join(self.queues),
+            "-E",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            *self.extra_args,
+        ]
+        if self.command:  # its own `-l info` and the rest, then the kit's options
+            self._spawn(options, hostname=self.hostname, command=self.command)
+        else:
+            self._spawn(["worker", *options, "-l", "INFO"], hostname=self.hostname)
 
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
         deadline = time.monotonic() + timeout
