@@ -350,3 +350,40 @@ def test_a_recorder_whose_sends_fail_is_tried_again_then_reported_as_deaf(ns, mo
         rec.start(timeout=3.0, attempts=3)
     assert tries == [1.0, 1.0, 1.0]
     rec.stop()
+
+
+def test_a_worker_on_the_learners_own_command_line_gets_the_kits_settings(ns, tmp_path, no_orphans):
+    """lab.toml's `command`: the worker is `celery -A tasks worker -l info` as typed, its app's own URLs
+    (a broker nobody runs) replaced by the namespace's, and its attempts on the timeline."""
+    (tmp_path / "tasks.py").write_text(
+        'from celery import Celery\napp = Celery("tasks", broker="redis://127.0.0.1:1/0", backend="redis://127.0.0.1:1/1")\n'
+        "@app.task\ndef add(x, y):\n    return x + y\n"
+    )
+    command = "celery -A tasks worker -l info"
+    with start_worker(ns, tmp_path, command=command) as worker, Recorder(ns.app("rec")) as rec:
+        argv = worker.proc.args
+        assert argv[2 : 2 + len(command.split())] == command.split(), argv  # after `python -m`
+        timeline = rec.timeline()
+        result = ns.app().send_task("tasks.add", (2, 3))
+        assert result.get(timeout=10) == 5
+        timeline.wait_final([result.id], 5)
+        (attempt,) = timeline.attempts(result.id)
+        assert attempt.pid in worker.pool_pids() and attempt.hostname == worker.hostname
+    assert not worker.alive
+
+
+@pytest.mark.parametrize(
+    "command", ["celery worker -A tasks", "python -m celery -A tasks worker", "rm -rf /"]
+)
+def test_a_command_that_is_not_a_worker_on_one_app_is_refused(tmp_path, command):
+    from celerylab.labs import CatalogueError, load_lab
+
+    lab = tmp_path / "labs" / "x"
+    lab.mkdir(parents=True)
+    toml = (
+        'title = "x"\norder = 99\nsections = [3]\nexpected_seconds = 1\nnotebook = "n"\nquiz = "q"\n'
+        f'hints = ["h"]\ncommand = "{command}"\n'
+    )
+    (lab / "lab.toml").write_text(toml)
+    with pytest.raises(CatalogueError, match="command"):
+        load_lab(lab / "lab.toml", tmp_path)
