@@ -336,7 +336,9 @@ class LabRun:
                 parked.append(f"{self.timeline.describe(r.id)}; next attempt due in {eta - now:.0f} s")
             elif tries and tries[-1].outcome == "running":
                 running.append(f"{self.timeline.describe(r.id)}, running for {now - tries[-1].start:.0f} s")
-            elif not self.timeline.events(uuid=r.id):
+            elif not [
+                e for e in self.timeline.events(uuid=r.id) if e.type != "task-sent"
+            ]:  # only the sender's
                 unseen.append(f"{r.id[:8]}: no worker ever received it")
             else:
                 running.append(self.timeline.describe(r.id))

@@ -21,6 +21,7 @@ from celery.result import AsyncResult, EagerResult
 
 from celerylab import runtime
 from celerylab.session import LabFailure, expect, verdict
+from celerylab.timeline import DeadlineExceeded
 
 CALL_LIMIT = 5.0  # a client function that only sends must return well within this
 COUNTDOWN = 1.0  # start_add_in's delay in the test
@@ -102,16 +103,21 @@ def repr_arg(value: Any) -> str:
     return f"<AsyncResult {value.id[:8]}>" if isinstance(value, AsyncResult) else repr(value)
 
 
-def sent_result(lab, module: Any, name: str, value: Any, task: str) -> AsyncResult:
-    """What a sending function returned, as an AsyncResult of the worker's app, or a verdict."""
+def sent_result(lab, module: Any, name: str, value: Any, task: str, local: Any = None) -> AsyncResult:
+    """What a sending function returned, as an AsyncResult of the worker's app, or a verdict. ``local``:
+    what the task itself returns for these arguments (a function that returns it ran the task itself)."""
     if not isinstance(value, AsyncResult):
-        ran_here = f" That is {task}'s own return value: the task ran right here" if value is not None else ""
+        if local is not None and value == local:
+            seen = f"{value!r}, {task}'s own return value: {task} ran right here, in the caller's process"
+        elif isinstance(value, str):
+            seen = f"the string {value!r}: a task id? Return the AsyncResult itself (it has .id)"
+        else:
+            seen = f"{value!r} ({type(value).__name__})"
         raise LabFailure(
             verdict(
                 f"{name} must send {task} to a worker and return the AsyncResult.",
                 expected="an AsyncResult (what .delay() and .apply_async() return)",
-                observed=f"it returned {value!r} ({type(value).__name__}).{ran_here}, in the caller's "
-                "process, not on a worker.",
+                observed=f"it returned {seen}",
                 hint=f"{task}.delay(...) sends a message; calling {task}(...) is a plain function call.",
             )
         )
@@ -156,7 +162,7 @@ def started(lab, result: AsyncResult):
 def test_start_add_sends_to_a_worker(lab, client):
     """start_add(2, 3): add.delay sends it, a worker process runs it, the result is 5"""
     worker = lab.worker()
-    result = sent_result(lab, client, "start_add", call(client, "start_add", 2, 3), "add")
+    result = sent_result(lab, client, "start_add", call(client, "start_add", 2, 3), "add", 5)
     lab.wait(result)
     first = started(lab, result)
     expect(
@@ -178,7 +184,7 @@ def test_start_add_in_waits_its_countdown(lab, client):
     """start_add_in(2, 3, 1.0): apply_async with a countdown: add starts ~1 s after it was sent"""
     lab.worker()
     sent = time.time()
-    result = sent_result(lab, client, "start_add_in", call(client, "start_add_in", 2, 3, COUNTDOWN), "add")
+    result = sent_result(lab, client, "start_add_in", call(client, "start_add_in", 2, 3, COUNTDOWN), "add", 5)
     lab.wait(result)
     first = started(lab, result)
     after = None if first is None else first.start - sent
@@ -202,7 +208,7 @@ def test_start_multiply_uses_the_registered_name(lab, client):
     """start_multiply(6, 7): sent by name, billing.multiply, the name the worker registered; 42"""
     lab.worker()
     names = sorted(lab.probe["tasks"])
-    result = sent_result(lab, client, "start_multiply", call(client, "start_multiply", 6, 7), "multiply")
+    result = sent_result(lab, client, "start_multiply", call(client, "start_multiply", 6, 7), "multiply", 42)
     lab.wait(result)
     tries = lab.timeline.attempts(result.id)
     failed = [e.get("exception") for e in lab.timeline.events("task-failed", uuid=result.id)]
@@ -235,9 +241,15 @@ def test_start_tags_reaches_the_worker(lab, client):
     """start_tags(...): unique_tags is on the worker's app, so its .delay reaches the worker"""
     lab.worker()
     result = sent_result(
-        lab, client, "start_tags", call(client, "start_tags", ["b", "a", "b"]), "unique_tags"
+        lab, client, "start_tags", call(client, "start_tags", ["b", "a", "b"]), "unique_tags", ["a", "b"]
     )
-    reached = lab.timeline.wait_for(lambda tl: tl.events(uuid=result.id), min(REACH, lab.remaining()), "it")
+    try:
+        lab.timeline.wait_for(
+            lambda tl: tl.events("task-received", uuid=result.id), min(REACH, lab.remaining()), "message"
+        )
+        reached = True
+    except DeadlineExceeded:
+        reached = False
     expect(
         reached,
         "start_tags's message must reach the worker.",
