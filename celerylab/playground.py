@@ -6,14 +6,19 @@
     result = pg.send("fetch", url)
     pg.wait(result)
     pg.timeline.plot()
-    pg.close()                        # also happens at kernel exit
+    pg.close()                        # optional: it also happens when the kernel shuts down
 
 ``start()`` again (e.g. from a widget with new settings) replaces the worker; ``mark()`` starts a fresh
-timeline so a plot shows only the latest run.
+timeline so a plot shows only the latest run. A playground lives as long as its kernel: after
+``close()`` (a notebook's last cell, "Run All" included) a widget that uses it again gets it back, with
+the tasks.py it last wrote and the worker options it last started, so no cell order breaks a widget.
+At interpreter exit (a kernel shut down from JupyterLab) it stops its workers and removes its scratch
+folder and every key, queue and binding of its namespace.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import shutil
 import tempfile
@@ -32,15 +37,31 @@ from celerylab.workers import Worker
 
 class Playground:
     def __init__(self, folder: str | Path | None = None, broker: str | None = None, label: str = "notebook"):
-        self._stack = contextlib.ExitStack()
-        self.broker = self._stack.enter_context(open_broker(broker))
-        self._scratch = Path(
-            tempfile.mkdtemp(prefix="celerylab-nb-")
-        )  # logs, and tasks.py unless a folder is given
-        self.folder = Path(folder).resolve() if folder else self._scratch
-        self.label = label
+        self._broker_choice, self.label = broker, label
+        self._given = Path(folder).resolve() if folder else None
+        self._code: str | None = None  # the last tasks.py written, re-written when the playground reopens
+        self._last_start: dict[str, Any] | None = None
         self.session: LabSession | None = None
         self.run: LabRun | None = None
+        self._stack: contextlib.ExitStack | None = None
+        self._open()
+        atexit.register(self.close)  # a kernel shut down without the last cell leaves nothing either
+
+    def _open(self) -> None:
+        self._stack = contextlib.ExitStack()
+        self.broker = self._stack.enter_context(open_broker(self._broker_choice))
+        self._scratch = Path(tempfile.mkdtemp(prefix="celerylab-nb-"))  # logs, and tasks.py unless given
+        self.folder = self._given or self._scratch
+        if self._code is not None and self._given is None:
+            (self.folder / "tasks.py").write_text(self._code)
+
+    @property
+    def closed(self) -> bool:
+        return self._stack is None
+
+    def _reopen(self) -> None:
+        if self.closed:
+            self._open()
 
     def __enter__(self) -> Playground:
         return self
@@ -50,13 +71,17 @@ class Playground:
 
     def write_tasks(self, code: str) -> Path:
         """Write ``tasks.py`` for the next :meth:`start` (the notebook shows the code it runs)."""
+        self._reopen()
+        self._code = textwrap.dedent(code)
         path = self.folder / "tasks.py"
-        path.write_text(textwrap.dedent(code))
+        path.write_text(self._code)
         return path
 
     def start(self, concurrency: int = 2, deadline: float = 120.0, **worker_options: Any) -> Worker:
         """(Re)load tasks.py in a fresh namespace and start one real worker on it."""
+        self._reopen()
         self._close_session()
+        self._last_start = {"concurrency": concurrency, "deadline": deadline, **worker_options}
         self.session = LabSession(self.label, self.folder, self.broker, self._scratch / "logs")
         self.run = LabRun(self.session, deadline)
         return self.session.worker(concurrency=concurrency, **worker_options)
@@ -66,6 +91,9 @@ class Playground:
         return self._run().session.start_worker(name, **worker_options)
 
     def _run(self) -> LabRun:
+        if self.run is None and self._last_start is not None:  # closed by a later cell: start it again
+            print("(the playground was closed: starting its worker again)")
+            self.start(**self._last_start)
         if self.run is None:
             raise RuntimeError("call start() first: it loads tasks.py and starts a worker")
         return self.run
@@ -103,6 +131,11 @@ class Playground:
         self.session = self.run = None
 
     def close(self) -> None:
+        """Stop the workers, delete the namespace from the broker, remove the scratch folder (and stop an
+        embedded broker). Safe to call twice; the playground reopens if it is used again."""
+        if self.closed:
+            return
         self._close_session()
-        self._stack.close()
+        stack, self._stack = self._stack, None
+        stack.close()
         shutil.rmtree(self._scratch, ignore_errors=True)

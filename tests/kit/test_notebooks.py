@@ -1,4 +1,5 @@
-"""Every notebook executes headless, top to bottom, on real workers, and leaves nothing behind."""
+"""Every notebook executes headless, top to bottom, on real workers, its widgets work after that, and it
+leaves nothing behind."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ def test_notebook_executes(path: Path, tmp_path, monkeypatch, no_orphans):
     monkeypatch.setenv("CELERYLAB_HOME", str(tmp_path / "state"))
     monkeypatch.setenv("MPLBACKEND", "Agg")
     nb = nbformat.read(path, as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell(AFTER_RUN_ALL))
     client = NotebookClient(
         nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
     )
@@ -36,6 +38,19 @@ def test_notebook_executes(path: Path, tmp_path, monkeypatch, no_orphans):
     errors = [o for cell in nb.cells for o in cell.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors, errors
     assert not widget_errors(nb), widget_errors(nb)
+
+
+# What a learner does next: play with the widgets, after "Run All" ran the closing cell too. Each
+# interact's function runs once more with its current values (what its button does); an error lands in
+# the widget's saved output, where widget_errors finds it.
+AFTER_RUN_ALL = """
+import ipywidgets
+from ipywidgets.widgets import widget as _registry
+
+for _each in list(_registry._instances.values()):
+    if isinstance(_each, ipywidgets.interactive):
+        _each.update()
+"""
 
 
 def widget_errors(nb) -> list[dict]:
