@@ -64,6 +64,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--gradescope", metavar="FILE", help="also write a Gradescope results.json")
     p.add_argument(
+        "--extra-tests",
+        metavar="DIR",
+        action="append",
+        default=[],
+        help="hidden tests too: DIR/test_<lab>__*.py (or DIR/<lab>/...), counted in the score (repeatable)",
+    )
+    p.add_argument(
+        "--hidden", action="store_true", help="the kit's own hidden tests too (tests/hidden/<lab>/)"
+    )
+    p.add_argument(
         "--repeat",
         type=int,
         metavar="N",
@@ -89,6 +99,62 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--jobs", type=int, default=2, help="grades at a time (default 2)")
     p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser(
+        "batch",
+        help="for instructors: grade every student's folder, N at a time, each in a sandbox; a gradebook",
+        description=(
+            "Grade SUBMISSIONS_DIR/<student>/ (each holding the lab's tasks.py) in parallel. Each grade runs "
+            "in a sandbox where Linux allows it (own network, mount and PID namespaces, the kit read-only, "
+            "limits, its own uid) on its own embedded broker, and is killed after --timeout. Writes "
+            "OUT/gradebook.csv, OUT/summary.json (GitHub-style autograding), OUT/reports/<student>.json, "
+            "OUT/gradescope/<student>/results.json and OUT/logs/<student>.log. Exit 0 when every "
+            "submission was graded (whatever its score), 1 when some could not be."
+        ),
+    )
+    p.add_argument("lab", help="lab name (see `celerylab list`)")
+    p.add_argument("submissions", metavar="SUBMISSIONS_DIR", help="one folder per student")
+    p.add_argument("--out", metavar="DIR", help="where the gradebook goes (default ./<lab>-gradebook)")
+    p.add_argument(
+        "--jobs", type=int, default=os.cpu_count() or 1, help="grades at a time (default: the core count)"
+    )
+    p.add_argument(
+        "--broker", default="embedded", help="embedded (default: a server per submission) | redis | ..."
+    )
+    p.add_argument(
+        "--sandbox",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="auto (default): the sandbox where available, else limits only, said at the start; "
+        "on: refuse to run without it; off: no sandbox",
+    )
+    p.add_argument(
+        "--extra-tests", metavar="DIR", action="append", default=[], help="hidden tests (repeatable)"
+    )
+    p.add_argument("--no-hidden", action="store_true", help="leave out the kit's hidden tests (tests/hidden)")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds one grade may take (default 300)")
+    p.set_defaults(func=cmd_batch)
+
+    p = sub.add_parser("export", help="for instructors: a learner's starter pack, or a Gradescope autograder")
+    export_sub = p.add_subparsers(metavar="WHAT", dest="export_what", required=True)
+    e = export_sub.add_parser(
+        "starter", help="labs, notebooks, quiz, engine, README: no solutions, mutants, variants, hidden tests"
+    )
+    e.add_argument("dir", metavar="DIR", help="a new (or empty) folder")
+    e.add_argument("--no-git", action="store_true", help="do not make it a git repository")
+    e.set_defaults(func=cmd_export_starter)
+    e = export_sub.add_parser(
+        "gradescope", help="an autograder zip per Gradescope's spec (setup.sh, run_autograder)"
+    )
+    e.add_argument("lab", help="lab name")
+    e.add_argument("zip", metavar="ZIP", help="where to write the zip")
+    e.set_defaults(func=cmd_export_gradescope)
+
+    p = sub.add_parser("watch", help="grade again at every save of a file in the lab folder (Ctrl-C to stop)")
+    p.add_argument("lab", help="lab name")
+    p.add_argument("--target", metavar="PATH", help="watch and grade this folder (default labs/<lab>)")
+    p.add_argument("--broker", default=None, help=BROKER_HELP + "; opened once, kept warm")
+    p.set_defaults(func=cmd_watch)
 
     p = sub.add_parser("hint", help="reveal the next hint of a lab")
     p.add_argument("lab")
@@ -194,6 +260,16 @@ def cmd_grade(args: argparse.Namespace) -> int:
         pytest_args += ["--broker", args.broker]
     if args.keyword:
         pytest_args += ["-k", args.keyword]
+    if args.extra_tests or args.hidden:
+        from celerylab.gradejob import hidden_tests
+
+        extra = hidden_tests(lab, map(Path, args.extra_tests), kit=args.hidden)
+        if not extra:
+            console.print(
+                f"[red]celerylab: no test_{lab.name}__*.py in {args.extra_tests or 'tests/hidden'}[/red]"
+            )
+            return 2
+        pytest_args[1:1] = [str(p) for p in extra]
     if args.tz:
         pytest_args += ["--tz", args.tz]
     interrupt = _Interrupt()
@@ -312,6 +388,104 @@ def cmd_check(args: argparse.Namespace) -> int:
                 console.print(f"[red]{lab.name}: no mutant breaks the rules {unbroken}[/red]")
                 all_ok = False
     return 0 if all_ok else 1
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+    from rich.progress import Progress as Bar
+
+    from celerylab import batch, gradebook, gradejob, sandbox
+
+    lab = labs.find(args.lab)
+    out = Path(args.out or f"{lab.name}-gradebook").resolve()
+    support = None if args.sandbox == "off" else sandbox.detect()
+    if args.sandbox == "on" and not support.full:
+        console.print(f"[red]celerylab: {support.statement}; --sandbox on refuses that[/red]", soft_wrap=True)
+        return 2
+    hidden = gradejob.hidden_tests(lab, map(Path, args.extra_tests), kit=not args.no_hidden)
+    for folder in args.extra_tests:
+        if not gradejob.hidden_tests(lab, [Path(folder)]):
+            console.print(f"[red]celerylab: no test_{lab.name}__*.py in {folder}[/red]")
+            return 2
+    try:
+        job = batch.Batch(lab, out, args.jobs, args.broker, support, tuple(hidden), args.timeout)
+        subs = batch.plan(Path(args.submissions))
+    except batch.BatchError as exc:
+        console.print(f"[red]celerylab: {exc}[/red]", soft_wrap=True)
+        return 2
+    console.print(support.statement if support else "sandbox: off (--sandbox off)", soft_wrap=True)
+    console.print(
+        f"grading {len(subs)} submissions of {lab.name}, {args.jobs} at a time, broker: {args.broker}"
+        + (" (a server per submission, inside its sandbox)" if args.broker == "embedded" else "")
+        + (f"; hidden tests: {', '.join(h.name for h in hidden)}" if hidden else ""),
+        soft_wrap=True,
+    )
+    counts = {"running": 0, "failed": 0}
+    bar = Bar(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("running {task.fields[running]} · no grade {task.fields[failed]}"),
+        TextColumn("· left"),
+        TimeRemainingColumn(),
+        console=console,
+    )
+    task = bar.add_task("graded", total=len(subs), running=0, failed=0)
+
+    def started(student: str) -> None:
+        counts["running"] += 1
+        bar.update(task, running=counts["running"])
+
+    def done(o: batch.Outcome) -> None:
+        counts["running"] -= 1
+        counts["failed"] += not o.graded
+        colour = "green" if o.verdict == "full marks" else ("red" if not o.graded else "yellow")
+        score = f"{o.score:g}/{o.report.max_score:g}" if o.report else "-"
+        bar.console.print(
+            f"[{colour}]{o.student:<20} {score:>7} {o.seconds:6.1f} s  {o.verdict}[/{colour}]", soft_wrap=True
+        )
+        bar.update(task, advance=1, running=counts["running"], failed=counts["failed"])
+
+    with bar:
+        outcomes = job.run(subs, on_start=started, on_done=done)
+    csv_path, summary_path = gradebook.write(lab.name, outcomes, out)
+    console.print(
+        f"gradebook: {csv_path}\nsummary:   {summary_path}\nreports:   {out}/reports/", soft_wrap=True
+    )
+    ungraded = [o.student for o in outcomes if not o.graded]
+    if ungraded:
+        console.print(f"[yellow]no grade for {len(ungraded)}: {', '.join(ungraded)}[/yellow]", soft_wrap=True)
+    return 1 if ungraded else 0
+
+
+def cmd_export_starter(args: argparse.Namespace) -> int:
+    from celerylab import export
+
+    try:
+        files = export.starter(Path(args.dir), git=not args.no_git)
+    except FileExistsError as exc:
+        console.print(f"[red]celerylab: {exc}[/red]")
+        return 2
+    console.print(f"starter pack: {len(files)} files in {args.dir} (no solutions, no hidden tests)")
+    return 0
+
+
+def cmd_export_gradescope(args: argparse.Namespace) -> int:
+    from celerylab import export
+
+    path = export.gradescope(labs.find(args.lab), Path(args.zip))
+    console.print(f"Gradescope autograder for {args.lab}: {path} (upload it as the assignment's autograder)")
+    return 0
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from celerylab.watch import watch
+
+    target = Path(args.target).resolve() if args.target else None
+    if target is not None and not target.is_dir():
+        console.print(f"[red]celerylab: {args.target} is not a folder[/red]")
+        return 2
+    return watch(labs.find(args.lab), target, args.broker, console)
 
 
 def cmd_hint(args: argparse.Namespace) -> int:

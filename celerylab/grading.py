@@ -5,6 +5,9 @@ Loaded by the kit's root ``conftest.py``. Options, markers and fixtures:
 - ``--target labs|solutions|PATH``: whose ``tasks.py`` to grade (default: the learner's, ``labs/``).
 - ``--broker auto|embedded|redis|rabbitmq|URL`` (see celerylab.brokers for the default).
 - ``--report-dir DIR``: where ``<lab>.json`` reports go (default ``.celerylab/reports``).
+- ``$CELERYLAB_FIRST``: comma-separated test ids to run first (``celerylab watch``: last time's failures).
+- ``test_<lab>__<what>.py`` modules outside tests/labs (``celerylab grade --extra-tests DIR``) are hidden
+  tests of ``<lab>``: same fixtures and markers, marked ``hidden`` in the report.
 - ``--tz TZ``: the time zone grader and workers run in (default ``$CELERYLAB_TZ``, else UTC+05:45), so a naive
   ``datetime.now()`` in a learner's eta is caught on every host, not only on one that is not on UTC.
 - ``@pytest.mark.points(n)``: what a test is worth (1 if absent).
@@ -80,7 +83,13 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def lab_name(module_path: Path) -> str:
-    return module_path.stem.removeprefix("test_")
+    """``test_<lab>.py``, the autograder; ``test_<lab>__<what>.py``, hidden tests of the same lab."""
+    return module_path.stem.removeprefix("test_").split("__", 1)[0]
+
+
+def is_hidden(module_path: Path) -> bool:
+    """Hidden tests: any test module but the lab's own autograder in tests/labs (``--extra-tests``)."""
+    return Path(module_path).resolve().parent != kit_root() / "tests" / "labs"
 
 
 def lab_folder(target: str, lab: str, scratch: list[str] | None = None) -> Path:
@@ -122,6 +131,8 @@ def _is_graded(item: pytest.Item) -> bool:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     graded = [item for item in items if _is_graded(item)]
+    if first := set(os.environ.get("CELERYLAB_FIRST", "").split(",")) - {""}:  # celerylab watch
+        items.sort(key=lambda item: item.nodeid not in first)  # stable: the rest keep their order
     for item in graded:
         if not item.get_closest_marker("timeout"):
             item.add_marker(pytest.mark.timeout(_deadline(item) + BACKSTOP_MARGIN))
@@ -224,6 +235,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
             timeline=run.evidence.table() if (run and rep.failed) else "",
             rules=list(judged),
             needs=list(needs),
+            hidden=is_hidden(Path(item.fspath)),
         )
         report.tests = [t for t in report.tests if t.id != item.nodeid] + [result]
 

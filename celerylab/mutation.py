@@ -16,62 +16,26 @@ code shows up as 17/20 rather than as a lucky pass.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import tempfile
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from celerylab.gradejob import GRADE_TIMEOUT, Run, map_grades, run_grade
 from celerylab.labs import Lab, mutant_rule
-from celerylab.paths import kit_root
-from celerylab.results import GradeReport, TestResult
+from celerylab.results import TestResult
 
-GRADE_TIMEOUT = 600.0
-
-
-@dataclass
-class Run:
-    report: GradeReport | None
-    output: str  # what the grade printed, for a run that produced no report
-
-    @property
-    def failed(self) -> list:
-        return [t for t in self.report.tests if t.status != "pass"] if self.report else []
+__all__ = ["GRADE_TIMEOUT", "Run", "check", "grade_once", "grade_runs", "judge", "pass_rates"]
 
 
 def grade_once(lab: Lab, target: Path, broker: str | None = None, keyword: str | None = None) -> Run:
-    """One real grade of ``target`` (a folder or a ``.py`` file) in a fresh process."""
-    with tempfile.TemporaryDirectory(prefix="celerylab-check-") as out:
-        cmd = [sys.executable, "-m", "celerylab.cli", "grade", lab.name, "--target", str(target)]
-        cmd += ["--report-dir", out]
-        if broker:
-            cmd += ["--broker", broker]
-        if keyword:
-            cmd += ["-k", keyword]
-        try:
-            done = subprocess.run(
-                cmd,
-                capture_output=True,
-                text=True,
-                timeout=GRADE_TIMEOUT,
-                cwd=kit_root(),
-                env={**os.environ, "CELERYLAB_HOME": out},  # its own logs: runs may overlap
-            )
-            output = done.stdout + done.stderr
-        except subprocess.TimeoutExpired as exc:
-            return Run(None, f"the grade took longer than {GRADE_TIMEOUT:.0f} s: {exc}")
-        path = Path(out) / f"{lab.name}.json"
-        return Run(GradeReport.read(path) if path.exists() else None, output[-3000:])
+    """One real grade of ``target`` (a folder or a ``.py`` file) in a fresh process (celerylab.gradejob)."""
+    return run_grade(lab, target, broker, keyword, timeout=GRADE_TIMEOUT)
 
 
 def grade_runs(
     lab: Lab, target: Path, repeat: int, broker: str | None = None, jobs: int = 1, keyword: str | None = None
 ) -> list[Run]:
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        return list(pool.map(lambda _: grade_once(lab, target, broker, keyword), range(repeat)))
+    return map_grades(lambda _: grade_once(lab, target, broker, keyword), range(repeat), jobs)
 
 
 def pass_rates(runs: Iterable[Run]) -> dict[str, tuple[str, int, int]]:
@@ -163,8 +127,7 @@ def check(
             on_run(target, run)
         return run
 
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        runs = list(pool.map(one, plan))
+    runs = map_grades(one, plan, jobs)
     verdicts = []
     for i in range(0, len(plan), repeat):
         kind, path, rule = plan[i]

@@ -30,6 +30,7 @@ class TestResult:
     timeline: str = ""  # Timeline.table() of a failed test: every attempt, which process, outcome
     rules: list[str] = field(default_factory=list)  # the lab.toml rules this test judges
     needs: list[str] = field(default_factory=list)  # the rules it relies on
+    hidden: bool = False  # an instructor's test the learner does not have (--extra-tests)
 
 
 @dataclass
@@ -89,6 +90,7 @@ class GradeReport:
                     "score": t.points,
                     "max_score": t.max_points,
                     "output": t.message or "passed",
+                    **({"visibility": "after_published"} if t.hidden else {}),
                 }
                 for t in self.tests
             ],

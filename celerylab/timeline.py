@@ -39,6 +39,7 @@ STATE_OF = {
     "task-rejected": "REJECTED",
 }
 FINAL = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
+END_GRACE = 2.0  # seconds wait_final waits, past a final state, for the last attempt's own end event
 MARK = "celerylab-mark"
 KILLED = "celerylab-killed"  # sent by celerylab.workers when the kit SIGKILLs a worker or one pool process
 EXITED = "celerylab-exited"  # sent by celerylab.workers when a worker's main process ended by itself
@@ -371,11 +372,22 @@ class Timeline:
     def wait_final(self, uuids: Iterable[str], timeout: float) -> None:
         """Until every task is SUCCESS/FAILURE/REVOKED; on timeout say where each one stood."""
         uuids = list(uuids)
+        begun = time.monotonic()
         try:
             self.wait_for(lambda tl: all(tl.state(u) in FINAL for u in uuids), timeout, "final state")
         except DeadlineExceeded:
             where = "\n".join(f"  {self.describe(u)}" for u in uuids if self.state(u) not in FINAL)
             raise DeadlineExceeded(f"still not finished after {timeout:.0f} s:\n{where}") from None
+        # The pool process reports an attempt's end on a connection of its own; on RabbitMQ the main
+        # process's task-succeeded can arrive first. Give the last attempts' ends a moment to arrive, so
+        # a verdict reads whole attempts (an attempt whose process died never reports one: no error).
+        grace = min(END_GRACE, max(0.0, timeout - (time.monotonic() - begun)))
+        with contextlib.suppress(DeadlineExceeded):
+            self.wait_for(lambda tl: all(tl._last_attempt_ended(u) for u in uuids), grace, "attempt ends")
+
+    def _last_attempt_ended(self, uuid: str) -> bool:
+        tries = self.attempts(uuid)
+        return not tries or tries[-1].end is not None
 
     def table(self, repeat_after: int = 2) -> str:
         """Every attempt, one line each; seconds since the first event (eta: when it was asked to run).
