@@ -14,6 +14,7 @@ messages, so it says nothing about the delay.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import threading
 import time
@@ -430,22 +431,46 @@ class Timeline:
         start = f"{a.start - t0:6.2f}"
         return f"{_short(a):<22} {a.number:>3} {eta} {start} {end}  {a.outcome:<8} {who:<16} {_note(a)}"
 
-    def plot(self, ax: Any = None, title: str | None = None, life: bool = True) -> Any:
+    def first_arg(self, uuid: str) -> str | None:
+        """What the task was sent with, for a label a learner recognises: its first argument (``/down-0``,
+        a page number), read from the ``task-sent``/``task-received`` event's ``args`` repr."""
+        for event in self.events(uuid=uuid):
+            if event.type in ("task-sent", "task-received") and event.get("args") is not None:
+                try:
+                    args = ast.literal_eval(event.get("args"))
+                except (ValueError, SyntaxError):
+                    return None
+                if isinstance(args, list | tuple) and args:
+                    return str(args[0])[:24]
+                return None
+        return None
+
+    def plot(
+        self,
+        ax: Any = None,
+        title: str | None = None,
+        life: bool = True,
+        label: Callable[[Attempt], str] | None = None,
+    ) -> Any:
         """One row per worker process, one bar per attempt; dotted lines join a retry to its next try.
+        A bar is labelled ``label(attempt)`` (default: the task's first argument, its id as the table shows
+        it, the attempt number); an attempt too short to see (a 20 ms lost one) gets a marker too.
         With ``life``, the signals and kills the kit sent are vertical lines across the plot, a worker going
-        offline a dotted one, and a pool process starting a triangle at the start of its row."""
+        offline a dotted one, and a pool process starting a triangle at the start of its row. The legend
+        sits right of the axes, where it covers nothing."""
         import matplotlib.pyplot as plt
 
         attempts = [a for u in self.task_ids() for a in self.attempts(u)]
         if ax is None:
             _, ax = plt.subplots(
-                figsize=(10, 1.2 + 0.45 * max(1, len({(a.hostname, a.pid) for a in attempts})))
+                figsize=(11, 1.4 + 0.55 * max(1, len({(a.hostname, a.pid) for a in attempts})))
             )
         if not attempts:
             ax.set_title(title or "no task has started yet")
             return ax
         t0 = min(a.start for a in attempts)
         now = max((a.end or time.time()) for a in attempts)
+        span = max(now - t0, 0.1)
         rows = sorted({(a.hostname, a.pid) for a in attempts}, key=str)
         colours = {
             "success": "tab:green",
@@ -455,13 +480,39 @@ class Timeline:
             "lost": "tab:gray",
             "cancelled": "tab:purple",
         }
-        for a in attempts:
+        if label is None:
+            args = {u: self.first_arg(u) for u in self.task_ids()}
+
+            def label(a: Attempt) -> str:
+                what = args.get(a.uuid)
+                return f"{what or a.name.rsplit('.', 1)[-1]} [{a.uuid[:6]}]#{a.number}"
+
+        lo = min([0.0] + [life.timestamp - t0 for life in self.lifecycle()]) if life else 0.0
+        char = (span - lo) * 0.08 / 8  # about one character at fontsize 9, in seconds, on a ~8 in wide axis
+        label_end: dict[tuple[int, int], float] = {}  # (row, level) -> where the last label there ends
+        for a in sorted(attempts, key=lambda a: a.start):
             y = rows.index((a.hostname, a.pid))
-            width = max(0.02, (a.end or now) - a.start)
-            ax.barh(y, width, left=a.start - t0, color=colours.get(a.outcome, "tab:gray"), edgecolor="black")
-            ax.text(
-                a.start - t0, y + 0.3, f"{a.name.rsplit('.', 1)[-1]}[{a.uuid[:4]}]#{a.number}", fontsize=7
+            width = (a.end or now) - a.start
+            colour = colours.get(a.outcome, "tab:gray")
+            ax.barh(y, max(width, span / 400), left=a.start - t0, color=colour, edgecolor="black")
+            if width < span / 80:  # a sliver: a marker makes it visible, whatever the axis' length
+                ax.plot(
+                    [a.start - t0],
+                    [y],
+                    marker="X" if a.outcome == "lost" else "D",
+                    color=colour,
+                    markeredgecolor="black",
+                    markersize=8,
+                    zorder=3,
+                )
+            # Above the bar, else below it; when both are taken, where a label ends first, moved past it.
+            text, x = label(a), a.start - t0
+            level = min(
+                (0, 1), key=lambda lv: (label_end.get((y, lv), -1e9) >= x, label_end.get((y, lv), -1e9))
             )
+            x = max(x, label_end.get((y, level), -1e9))
+            label_end[(y, level)] = x + char * (len(text) + 1)
+            ax.text(x, y + (0.32 if level == 0 else -0.48), text, fontsize=9)
         for uuid in self.task_ids():
             tries = self.attempts(uuid)
             for a, b in zip(tries, tries[1:], strict=False):
@@ -470,20 +521,24 @@ class Timeline:
                     ax.plot([a.end - t0, b.start - t0], [ya, yb], ":", color="tab:orange")
         if life:
             self._plot_life(ax, rows, t0)
-        ax.set_yticks(range(len(rows)), [f"{h.split('@')[0]} pid {p}" for h, p in rows])
-        ax.set_xlabel("seconds since the first attempt started")
+        ax.set_yticks(range(len(rows)), [f"{h.split('@')[0]} pid {p}" for h, p in rows], fontsize=9)
+        ax.set_ylim(-0.75, len(rows) - 0.1)
+        ax.set_ylabel("worker, pool process", fontsize=9)
+        ax.set_xlabel("time since the first attempt started (s)", fontsize=10)
+        ax.tick_params(axis="x", labelsize=9)
         handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colours.values()]
         ax.legend(
             handles,
             list(colours),
-            loc="upper center",
-            bbox_to_anchor=(0.5, -0.3),
-            fontsize=7,
-            ncols=6,
+            loc="center left",
+            bbox_to_anchor=(1.01, 0.5),
+            fontsize=9,
             frameon=False,
+            title="attempt",
+            title_fontsize=9,
         )
+        ax.set_title(title or "task attempts per worker process", fontsize=11)
         ax.figure.tight_layout()
-        ax.set_title(title or "task attempts per worker process")
         return ax
 
     def _plot_life(self, ax: Any, rows: list[tuple[str, int | None]], t0: float) -> None:
@@ -495,10 +550,10 @@ class Timeline:
                 label = life.detail if life.kind == "signal" else "SIGKILL"
                 target = who if life.pid is None else f"{who} pid {life.pid}"
                 ax.axvline(x, color="tab:red", linestyle="--", linewidth=1.2)
-                ax.text(x, top, f" {label} -> {target}", color="tab:red", fontsize=7, va="bottom")
+                ax.text(x, top, f" {label} -> {target}", color="tab:red", fontsize=9, va="bottom")
             elif life.kind == "offline":
                 ax.axvline(x, color="black", linestyle=":", linewidth=1)
-                ax.text(x, -0.45, f" {who} exits", fontsize=7, va="bottom")
+                ax.text(x, -0.55, f" {who} exits", fontsize=9, va="bottom")
             elif life.kind == "process-up" and (life.hostname, life.pid) in rows:
                 ax.plot([x], [rows.index((life.hostname, life.pid))], marker=">", color="black", markersize=5)
 
