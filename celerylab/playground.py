@@ -106,6 +106,12 @@ class Playground:
     def app(self):
         return self._run().session.app
 
+    @property
+    def tasks(self):
+        """tasks.py imported here, configured for the current namespace: what a widget should use, since
+        a module imported before a ``close()`` still points at the namespace that is gone."""
+        return self._run().session.module()
+
     def mark(self, deadline: float = 120.0) -> Timeline:
         """Forget earlier events: the timeline starts now."""
         self.run = LabRun(self._run().session, deadline)
