@@ -379,16 +379,19 @@ class Timeline:
         except DeadlineExceeded:
             where = "\n".join(f"  {self.describe(u)}" for u in uuids if self.state(u) not in FINAL)
             raise DeadlineExceeded(f"still not finished after {timeout:.0f} s:\n{where}") from None
-        # The pool process reports an attempt's end on a connection of its own; on RabbitMQ the main
-        # process's task-succeeded can arrive first. Give the last attempts' ends a moment to arrive, so
-        # a verdict reads whole attempts (an attempt whose process died never reports one: no error).
+        # The pool process reports an attempt's start and end on a connection of its own; on RabbitMQ the
+        # main process's task-succeeded can arrive first (seen: an attempt still "running", a pid None).
+        # Give them a moment to arrive, so a verdict reads whole attempts (an attempt whose process died
+        # never reports its end: then no error, the verdict sees what there is).
         grace = min(END_GRACE, max(0.0, timeout - (time.monotonic() - begun)))
         with contextlib.suppress(DeadlineExceeded):
             self.wait_for(lambda tl: all(tl._last_attempt_ended(u) for u in uuids), grace, "attempt ends")
 
     def _last_attempt_ended(self, uuid: str) -> bool:
         tries = self.attempts(uuid)
-        return not tries or tries[-1].end is not None
+        if not tries:  # none yet: fine for a task no worker ran, not for one Celery says it started
+            return not self.events("task-started", uuid)
+        return tries[-1].end is not None
 
     def table(self, repeat_after: int = 2) -> str:
         """Every attempt, one line each; seconds since the first event (eta: when it was asked to run).
