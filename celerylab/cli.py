@@ -19,6 +19,10 @@ from celerylab.paths import kit_root, state_dir
 from celerylab.progress import Progress
 
 console = Console(highlight=False)
+DATABASE_HELP = (
+    "for a Django lab: sqlite (default) or a postgresql:// server URL; each grade makes its own database "
+    "there and drops it (default: $CELERYLAB_DATABASE_URL)"
+)
 BROKER_HELP = (
     "embedded | redis | rabbitmq | URL; default: $CELERYLAB_BROKER_URL, else local Redis, else embedded"
 )
@@ -82,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tz", help="time zone for grader and workers (default UTC+05:45: catches naive datetimes)"
     )
+    p.add_argument("--database", metavar="URL", help=DATABASE_HELP)
     p.set_defaults(func=cmd_grade)
 
     p = sub.add_parser(
@@ -98,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="only these kinds (repeatable)",
     )
     p.add_argument("--jobs", type=int, default=2, help="grades at a time (default 2)")
+    p.add_argument("--database", metavar="URL", help=DATABASE_HELP)
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser(
@@ -228,6 +234,7 @@ def cmd_grade(args: argparse.Namespace) -> int:
     if args.broker not in (None, "auto", "embedded"):
         with brokers.open_broker(args.broker):  # fail fast, once, rather than once per test
             pass
+    _choose_database(args.database)
     target = "solutions" if args.solutions else (str(Path(args.target).resolve()) if args.target else "labs")
     if args.target and not Path(args.target).exists():
         console.print(
@@ -359,10 +366,19 @@ def _grade_repeatedly(lab: labs.Lab, target: str, args: argparse.Namespace) -> i
     return 0 if steady and rates else 1
 
 
+def _choose_database(choice: str | None) -> None:
+    """``--database``: every grade of this command (in this process or a child) makes its database there."""
+    if choice:
+        from celerylab import databases
+
+        os.environ[databases.CHOICE_ENV] = choice
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from celerylab import mutation
 
     chosen = [labs.find(name) for name in args.labs] if args.labs else labs.catalogue()
+    _choose_database(args.database)
     kinds = args.only or ["solution", "variant", "mutant"]
     all_ok = True
     for lab in chosen:

@@ -4,6 +4,8 @@ Loaded by the kit's root ``conftest.py``. Options, markers and fixtures:
 
 - ``--target labs|solutions|PATH``: whose ``tasks.py`` to grade (default: the learner's, ``labs/``).
 - ``--broker auto|embedded|redis|rabbitmq|URL`` (see celerylab.brokers for the default).
+- ``--database sqlite|URL``: for a lab with a database (lab.toml ``database``), where each grade makes its own
+  (default ``$CELERYLAB_DATABASE_URL``, else SQLite in a temp folder; see celerylab.databases).
 - ``--report-dir DIR``: where ``<lab>.json`` reports go (default ``.celerylab/reports``).
 - ``$CELERYLAB_FIRST``: comma-separated test ids to run first (``celerylab watch``: last time's failures).
 - ``test_<lab>__<what>.py`` modules outside tests/labs (``celerylab grade --extra-tests DIR``) are hidden
@@ -34,6 +36,7 @@ from pathlib import Path
 import pytest
 
 from celerylab.brokers import Broker, BrokerUnavailable, open_broker
+from celerylab.databases import DatabaseUnavailable
 from celerylab.paths import kit_root, state_dir
 from celerylab.results import GradeReport, TestResult
 from celerylab.session import LabFailure, LabRun, LabSession
@@ -45,7 +48,7 @@ DEFAULT_TZ = "<+0545>-05:45"  # POSIX form (no tz database needed): UTC+05:45, n
 DEFAULT_DEADLINE = 30.0
 BACKSTOP_MARGIN = 60.0
 MESSAGE_LINES = 8  # a verdict a learner reads; the rest is in the report
-VERDICTS = (LabFailure, DeadlineExceeded, WorkerError, BrokerUnavailable)
+VERDICTS = (LabFailure, DeadlineExceeded, WorkerError, BrokerUnavailable, DatabaseUnavailable)
 _REPORTS = pytest.StashKey[dict[str, GradeReport]]()
 _BROKER = pytest.StashKey[dict[str, float]]()
 _RUN = pytest.StashKey[LabRun]()
@@ -58,6 +61,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--target", default="labs", help="grade labs/ (default), solutions/, or a folder PATH")
     group.addoption(
         "--broker", default=None, help="auto | embedded | redis | rabbitmq | a redis:// or amqp:// URL"
+    )
+    group.addoption(
+        "--database",
+        default=None,
+        help="sqlite (default) | a postgresql:// URL: where a Django lab's per-grade database is made",
     )
     group.addoption("--report-dir", default=None, help="where <lab>.json grade reports are written")
     group.addoption(
@@ -103,7 +111,27 @@ def lab_folder(target: str, lab: str, scratch: list[str] | None = None) -> Path:
         if scratch is not None:
             scratch.append(str(folder.parent))
         return folder
-    return base / lab if (base / lab).is_dir() else base
+    folder = base / lab if (base / lab).is_dir() else base
+    overlay = _overlay_of(lab, folder)
+    if overlay is not None:  # a mutant or variant folder holding only the files that differ
+        if scratch is not None:
+            scratch.append(str(overlay.parent))
+        return overlay
+    return folder
+
+
+def _overlay_of(lab: str, folder: Path) -> Path | None:
+    """A copy of the solution with ``folder`` laid over it, if ``folder`` is one of the lab's mutant or
+    variant folders (see celerylab.mutation.overlay); else None."""
+    from celerylab import labs, mutation
+
+    try:
+        entry = labs.find(lab)
+    except labs.CatalogueError:
+        return None
+    if folder.resolve() not in {p.resolve() for p in entry.mutants + entry.variants if p.is_dir()}:
+        return None
+    return mutation.overlay(entry, folder, Path(tempfile.mkdtemp(prefix=f"celerylab-{lab}-")) / lab)
 
 
 def rules_of(item: pytest.Item) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -154,7 +182,9 @@ def lab_session(request: pytest.FixtureRequest, celerylab_broker: Broker) -> Ite
     name = lab_name(Path(request.module.__file__))
     folder = lab_folder(request.config.getoption("--target"), name, request.config.stash[_TEMP])
     begun = time.monotonic()
-    session = LabSession(name, folder, celerylab_broker, state_dir() / "logs" / name)
+    session = LabSession(
+        name, folder, celerylab_broker, state_dir() / "logs" / name, request.config.getoption("--database")
+    )
     report = _report(request.config, name)
     report.target = _shown(folder)
     report.broker = celerylab_broker.describe()

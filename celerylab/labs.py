@@ -16,6 +16,17 @@
   worth. Each autograder test names the rules it judges with ``@pytest.mark.rules("id", ...)`` (and the
   rules it merely relies on with ``needs=[...]``); a test's ``points`` are shared equally among the rules
   it judges, and the kit's tests require those shares to add up to each rule's points.
+- ``app`` (optional): the module the kit imports to find the learner's Celery app, relative to the lab
+  folder (default ``tasks``, i.e. ``tasks.py``); a package for a project, e.g. ``proj`` (``proj/__init__.py``
+  exposing the app, as ``celery -A proj`` finds it). Probe, workers and grader all import this one.
+- ``env`` (optional): environment variables the grade sets for itself, the probe and every worker, e.g.
+  ``{DJANGO_SETTINGS_MODULE = "proj.settings"}`` (Celery installs its Django fix-up only when that is set).
+- ``own_settings`` (optional): Celery settings the kit normally lays over the learner's app (its JSON-only
+  ``accept_content``, ``task_serializer``, ``result_serializer``) that this lab judges instead, so the
+  learner's own values reach the workers and the grader's copy of their app.
+- ``database`` (optional): ``"django"`` makes a database per grade (SQLite in a temp folder by default, or on
+  the server ``--database URL`` names), migrated from the project's models before any test runs and dropped
+  afterwards (see celerylab.databases).
 
 Beside the reference ``solutions/<lab>/tasks.py``: ``mutants/<rule>.py`` (or ``<rule>--<what>.py``, or a
 folder holding a ``tasks.py``) break exactly one rule each; ``variants/*.py`` are other correct solutions.
@@ -28,6 +39,7 @@ import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from celerylab.paths import kit_root
 
@@ -90,6 +102,10 @@ class Lab:
     hints: tuple[str, ...]
     root: Path
     rules: tuple[Rule, ...] = ()
+    app: str = "tasks"
+    env: tuple[tuple[str, str], ...] = ()
+    database: str | None = None
+    own_settings: tuple[str, ...] = ()
     command: str | None = None
 
     def rule(self, rule_id: str) -> Rule:
@@ -117,6 +133,11 @@ class Lab:
         return self.root / "solutions" / self.name
 
     @property
+    def app_file(self) -> str:
+        """The app module's file, relative to the lab folder: ``tasks.py``, ``proj/__init__.py``."""
+        return app_file(self.app)
+
+    @property
     def autograder(self) -> Path:
         return self.root / "tests" / "labs" / f"test_{self.name}.py"
 
@@ -126,14 +147,29 @@ def mutant_rule(path: Path) -> str:
     return path.name.removesuffix(".py").split("--", 1)[0]
 
 
+def app_file(module: str) -> str:
+    """The file of the app module in a lab folder: ``tasks`` -> ``tasks.py``; a dotted or package name
+    (``proj``) -> ``proj/__init__.py`` (a lab with ``app`` set is a project, so its app is a package)."""
+    return "tasks.py" if module == "tasks" else module.replace(".", "/") + "/__init__.py"
+
+
 def _entries(folder: Path) -> list[Path]:
+    """Mutant or variant files, and folders that hold Python files (overlays of the solution)."""
     if not folder.is_dir():
         return []
     return sorted(
         p
         for p in folder.iterdir()
-        if (p.suffix == ".py" and p.is_file()) or (p.is_dir() and (p / "tasks.py").exists())
+        if (p.suffix == ".py" and p.is_file()) or (p.is_dir() and any(p.rglob("*.py")))
     )
+
+
+def _env(path: Path, data: object) -> tuple[tuple[str, str], ...]:
+    if data is None:
+        return ()
+    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+        raise CatalogueError(f'{path}: `env` must be a table of texts, e.g. {{NAME = "value"}}')
+    return tuple(sorted(data.items()))
 
 
 def _rules(path: Path, data: object) -> tuple[Rule, ...]:
@@ -187,7 +223,20 @@ def load_lab(path: Path, root: Path | None = None) -> Lab:
         root=root,
         rules=_rules(path, data.get("rules")),
         command=command,
+        app=_optional(path, data, "app", str) or "tasks",
+        env=_env(path, data.get("env")),
+        database=_optional(path, data, "database", str),
+        own_settings=tuple(_optional(path, data, "own_settings", list) or ()),
     )
+
+
+def _optional(path: Path, data: dict, key: str, kind: type) -> Any:
+    value = data.get(key)
+    if value is not None and not isinstance(value, kind):
+        raise CatalogueError(f"{path}: `{key}` has the wrong type ({type(value).__name__})")
+    if key == "database" and value not in (None, "django"):
+        raise CatalogueError(f'{path}: `database` can only be "django"')
+    return value
 
 
 def catalogue(root: Path | None = None) -> list[Lab]:

@@ -10,12 +10,16 @@ own process, and judges:
   every failed test judges or needs R. A mutant that passes is a missing test; one that fails elsewhere
   is a grader that blames the wrong rule.
 
+A mutant or variant folder is an overlay: only the files that differ, laid over a copy of the solution
+(:func:`overlay`), which is how a lab whose solution is a whole project (a Django one) is mutated.
+
 ``celerylab grade --repeat N`` uses the same runs to show each test's pass rate, so a race in a learner's
 code shows up as 17/20 rather than as a lucky pass.
 """
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,6 +97,18 @@ def judge(kind: str, path: Path, rule: str | None, runs: list[Run]) -> Verdict:
             if elsewhere:
                 verdict.problems.append(f"run {n}: also failed tests of other rules: {elsewhere}")
     return verdict
+
+
+SKIP = shutil.ignore_patterns("mutants", "variants", "__pycache__", "*.pyc", "db.sqlite3")
+
+
+def overlay(lab: Lab, folder: Path, into: Path) -> Path:
+    """A mutant or variant that is a folder holds only the files that differ from the solution (say
+    ``orders/services.py``): the graded code is a copy of the solution with those files laid over it, so
+    one mistake in a multi-file project is one small file. Returns ``into``."""
+    shutil.copytree(lab.solution, into, ignore=SKIP)
+    shutil.copytree(folder, into, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"), dirs_exist_ok=True)
+    return into
 
 
 Target = tuple[str, Path, str | None]  # kind, path, the rule a mutant breaks (None otherwise)

@@ -36,6 +36,9 @@ class Namespace:
         self.name = f"celerylab.{label}.{secrets.token_hex(3)}"
         self._apps: list[Celery] = []
         self._queues: set[str] = {self.queue}
+        # What the kit's own apps (remote control, results) accept. A lab that judges the learner's serializer
+        # (lab.toml own_settings) widens it: a worker's control replies use its task_serializer.
+        self.accept: list[str] = ["json"]
 
     @property
     def queue(self) -> str:
@@ -76,7 +79,7 @@ class Namespace:
             "task_send_sent_event": True,
             "task_track_started": True,
             "worker_send_task_events": True,
-            "accept_content": ["json"],
+            "accept_content": list(self.accept),
             "task_serializer": "json",
             "result_serializer": "json",
             "broker_connection_retry_on_startup": True,

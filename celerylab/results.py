@@ -72,9 +72,14 @@ class GradeReport:
 
     @classmethod
     def read(cls, path: Path) -> GradeReport:
-        data = json.loads(path.read_text())
+        return cls.from_dict(json.loads(path.read_text()), str(path))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "the report") -> GradeReport:
+        """The inverse of :meth:`to_dict` (a report file, or one a farm worker sent back)."""
+        data = dict(data)
         if data.get("schema") != SCHEMA:
-            raise ValueError(f"{path} is a {data.get('schema')!r} report; this celerylab reads {SCHEMA}")
+            raise ValueError(f"{where} is a {data.get('schema')!r} report; this celerylab reads {SCHEMA}")
         tests = [TestResult(**t) for t in data.pop("tests")]
         for derived in ("score", "max_score", "backoff_wait"):
             data.pop(derived, None)

@@ -33,6 +33,7 @@ ATTEMPT_END = "celerylab-end"
 PROCESS_UP = "celerylab-process-up"  # sent by each new pool process; see celerylab.timeline
 ONLINE = "celerylab-online"  # sent by the worker's main process once it is ready
 LEARNER_LOADER = "celerylab.runtime:LearnerLoader"  # $CELERY_LOADER of a worker on the learner's command
+OWN_SETTINGS = "celerylab_own_settings"  # a setting: kit settings left to the learner's app (lab.toml)
 MERGED = ("broker_transport_options", "result_backend_transport_options")
 TASK_OPTIONS = (
     "autoretry_for",
@@ -84,6 +85,8 @@ def apply_config(app: Celery, config: dict[str, Any], on_queue: Callable[[str], 
     namespace, the queue names the learner's code uses are renamed into it (see
     celerylab.namespaces.NamespacedQueues); ``on_queue`` hears each broker queue name the app learns."""
     own_default = app.conf.task_default_queue  # the learner's, before the kit's replaces it
+    keep = set(config.get(OWN_SETTINGS) or ())  # what the lab judges stays the learner's
+    config = {key: value for key, value in config.items() if key not in keep}
     app.conf.update(merge_settings({key: app.conf.get(key) for key in MERGED}, config))
     if config.get(namespaces.NAMESPACE):
         namespaces.rename_queues(app, config[namespaces.NAMESPACE], own_default, on_queue)
@@ -125,25 +128,41 @@ def describe_options(task: Any) -> dict[str, Any]:
     return out
 
 
+def module_path(folder: Path | str, module: str) -> Path:
+    """Where ``module`` lives in ``folder``: ``tasks.py``, or a package's ``proj/__init__.py``."""
+    base = Path(folder) / module.replace(".", "/")
+    plain = base.with_name(base.name + ".py")
+    return plain if plain.exists() or not (base / "__init__.py").exists() else base / "__init__.py"
+
+
 def probe(folder: str, module: str = "tasks") -> dict[str, Any]:
-    path = Path(folder) / f"{module}.py"
+    path = module_path(folder, module)
     if not path.exists():
         return {"ok": False, "kind": "missing", "message": f"{path} does not exist."}
     try:
         _, app = load_tasks(folder, {}, module)
         tasks = {name: describe_options(task) for name, task in user_tasks(app).items()}
     except SyntaxError as exc:
+        where = _shown(Path(exc.filename), folder) if exc.filename else path.name  # a project: which file
         return {
             "ok": False,
             "kind": "syntax",
             "line": exc.lineno,
-            "message": f"{path.name} line {exc.lineno}: {exc.msg}" + _caret(exc),
+            "message": f"{where} line {exc.lineno}: {exc.msg}" + _caret(exc),
         }
     except LabAppError as exc:
         return {"ok": False, "kind": "no-app", "message": str(exc)}
     except BaseException as exc:  # the learner's import-time code may raise anything, even SystemExit
         return {"ok": False, "kind": "import", "message": _short_traceback(exc, path)}
     return {"ok": True, "tasks": tasks}
+
+
+def _shown(file: Path, folder: Path | str) -> str:
+    """A learner's file as they know it: relative to the lab folder (``orders/tasks.py``)."""
+    try:
+        return str(file.resolve().relative_to(Path(folder).resolve()))
+    except ValueError:
+        return file.name
 
 
 def _caret(exc: SyntaxError) -> str:
@@ -153,10 +172,19 @@ def _caret(exc: SyntaxError) -> str:
 
 
 def _short_traceback(exc: BaseException, path: Path) -> str:
-    """The learner's frames only: the line in their file that raised, and the error."""
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == str(path.resolve())]
-    where = f"{path.name} line {frames[-1].lineno}: {frames[-1].line}\n" if frames else ""
-    return f"importing {path.name} raised {type(exc).__name__}: {exc}\n{where}".rstrip()
+    """The learner's frames only: the line in their file that raised, and the error. For a project (the
+    app is a package's ``__init__.py``) any file in the lab folder is theirs."""
+    project = path.name == "__init__.py"
+    root = path.resolve().parent.parent if project else path.resolve().parent
+    frames = [
+        f
+        for f in traceback.extract_tb(exc.__traceback__)
+        if (f.filename.startswith(f"{root}/") if project else f.filename == str(path.resolve()))
+    ]
+    last = frames[-1] if frames else None
+    where = f"{_shown(Path(last.filename), root)} line {last.lineno}: {last.line}\n" if last else ""
+    shown = path.parent.name if project else path.name  # a project: its package (`proj`)
+    return f"importing {shown} raised {type(exc).__name__}: {exc}\n{where}".rstrip()
 
 
 _errors: dict[str, str] = {}  # task id -> the exception of the attempt running in this pool process
@@ -287,6 +315,29 @@ def _instrument(worker_app: Celery) -> None:
     signals.task_postrun.connect(_attempt_ended, weak=False)
     signals.worker_process_init.connect(_announcer(worker_app, PROCESS_UP), weak=False)
     signals.worker_ready.connect(_announcer(worker_app, ONLINE), weak=False)
+    _register_settings_command()
+
+
+SETTINGS_COMMAND = "celerylab_settings"  # remote control: the worker's effective settings, by Celery name
+
+
+def _register_settings_command() -> None:
+    """``inspect._request("celerylab_settings", names=[...])``: each setting as the worker's app really
+    has it, read through Celery's own lookup (old setting names, a ``namespace``, the Django TIME_ZONE
+    fallback), which the ``conf`` command's raw dump does not apply (its keys follow the config's style)."""
+    from celery.worker.control import inspect_command
+
+    @inspect_command(name=SETTINGS_COMMAND, args=[("names", list)], signature="<names>")
+    def celerylab_settings(state: Any, names: list[str] | None = None, **_: Any) -> dict[str, Any]:
+        conf = state.consumer.app.conf
+        out = {}
+        for name in names or ():
+            try:
+                value = getattr(conf, name)
+            except (AttributeError, KeyError):
+                value = None
+            out[name] = list(value) if isinstance(value, tuple | set | frozenset) else value
+        return json.loads(json.dumps(out, default=repr))
 
 
 if __name__ == "__main__":

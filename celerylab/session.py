@@ -8,6 +8,7 @@ way a learner's code can go wrong into a :class:`LabFailure` that says what to d
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -22,7 +23,7 @@ from typing import Any
 
 from celery.result import AsyncResult
 
-from celerylab import labs, processes, runtime
+from celerylab import databases, labs, processes, runtime
 from celerylab.brokers import Broker
 from celerylab.namespaces import Namespace
 from celerylab.timeline import FINAL, DeadlineExceeded, Recorder, Timeline
@@ -55,12 +56,27 @@ def expect(condition: Any, what: str, *, expected: str = "", observed: str = "",
 
 
 class LabSession:
-    def __init__(self, name: str, folder: Path, broker: Broker, logdir: Path) -> None:
+    def __init__(
+        self, name: str, folder: Path, broker: Broker, logdir: Path, database: str | None = None
+    ) -> None:
         self.name, self.folder, self.broker = name, folder, broker
+        lab = _catalogued(name)
+        self.app_module = lab.app if lab else "tasks"  # lab.toml `app`: what probe, workers and grader import
+        self.source = "tasks.py" if self.app_module == "tasks" else f"the project ({lab.app_file})"
+        self._kit = {runtime.OWN_SETTINGS: list(lab.own_settings)} if lab and lab.own_settings else {}
+        self._env_before = {key: os.environ.get(key) for key, _ in (lab.env if lab else ())}
+        os.environ.update(dict(lab.env) if lab else {})  # the grader, the probe and every worker see it
+        self.database: databases.Database | None = None
+        if lab and lab.database:  # made first, dropped by close() (the fixture's finally) whatever happens
+            self.database = databases.create(database)
+            self._env_before.setdefault(databases.PROJECT_ENV, os.environ.get(databases.PROJECT_ENV))
+            os.environ[databases.PROJECT_ENV] = self.database.url
         self.command = _worker_command(
             name
         )  # the learner's own `celery -A ... worker` line, if the lab has one
         self.ns = Namespace(broker, name)
+        if "accept_content" in (lab.own_settings if lab else ()):  # the learner's worker may answer in pickle
+            self.ns.accept = ["json", "pickle"]  # the kit's own apps only: their workers keep the learner's
         self.logdir = logdir
         shutil.rmtree(logdir, ignore_errors=True)
         logdir.mkdir(parents=True, exist_ok=True)
@@ -83,7 +99,12 @@ class LabSession:
         return self._probe_result
 
     def _run_probe(self) -> None:
-        self._probe_result = self._probe()
+        result = self._probe()
+        if result["ok"] and self.database is not None:  # tables before any worker or test touches them
+            error = databases.migrate(self.folder)
+            if error:
+                result = {"ok": False, "kind": "migrate", "message": f"making the database failed: {error}"}
+        self._probe_result = result
 
     def _probe(self) -> dict[str, Any]:
         """Import tasks.py in a throwaway process. The verdict is taken the moment the probe prints it;
@@ -93,7 +114,7 @@ class LabSession:
             return {"ok": False, "kind": "missing", "message": f"{self.folder} does not exist."}
         scratch = Path(tempfile.mkdtemp(prefix="celerylab-probe-"))  # not the log folder: a grade of the
         log = scratch / "probe.log"  # same lab starting meanwhile empties that one
-        cmd = [sys.executable, "-m", "celerylab.runtime", "probe", str(self.folder)]
+        cmd = [sys.executable, "-m", "celerylab.runtime", "probe", str(self.folder), self.app_module]
         proc = processes.spawn(cmd, log_path=log, cwd=self.folder)
         deadline = time.monotonic() + PROBE_TIMEOUT
         try:
@@ -107,7 +128,7 @@ class LabSession:
                     return {
                         "ok": False,
                         "kind": "crash",
-                        "message": f"importing tasks.py ended Python (exit code {proc.returncode}) "
+                        "message": f"importing {self.source} ended Python (exit code {proc.returncode}) "
                         f"before it finished:\n{out[-1500:]}".rstrip(),
                     }
                 if time.monotonic() > deadline:
@@ -115,8 +136,8 @@ class LabSession:
                         "ok": False,
                         "kind": "timeout",
                         "message": (
-                            f"importing tasks.py did not finish within {PROBE_TIMEOUT:.0f} s. Is there an "
-                            "infinite loop or a blocking call (a network request, input(), a result's "
+                            f"importing {self.source} did not finish within {PROBE_TIMEOUT:.0f} s. Is there "
+                            "an infinite loop or a blocking call (a network request, input(), a result's "
                             ".get()) at module level?"
                         ),
                     }
@@ -130,9 +151,13 @@ class LabSession:
         if not self.probe["ok"]:
             raise LabFailure(
                 verdict(
-                    f"{self.folder.name}/tasks.py cannot be loaded, so no task can run.",
+                    f"{self.folder.name}/{self.source} cannot be loaded, so no task can run."
+                    if self.app_module == "tasks"
+                    else f"The {self.source.removeprefix('the ')} cannot be loaded, so no task can run.",
                     observed=self.probe["message"],
-                    hint="fix this first (`python tasks.py` in the lab folder shows it), then grade again.",
+                    hint="fix this first (`python tasks.py` in the lab folder shows it), then grade again."
+                    if self.app_module == "tasks"
+                    else "fix this first (`python manage.py check` in the lab folder shows it), then grade.",
                 )
             )
 
@@ -146,7 +171,7 @@ class LabSession:
         found = ", ".join(sorted(n.rsplit(".", 1)[-1] for n in tasks)) or "none"
         raise LabFailure(
             verdict(
-                f"MISSING TASK: tasks.py has no Celery task named `{short}`.",
+                f"MISSING TASK: {self.source} has no Celery task named `{short}`.",
                 expected=f"a function `{short}` decorated with @app.task, as the lab's README says",
                 observed=f"tasks found: {found}",
                 hint="did you misname it, or forget the @app.task decorator?",
@@ -160,7 +185,9 @@ class LabSession:
         """The learner's module imported here, configured for this namespace (after the probe passed)."""
         self.require_import()
         if self._module is None:
-            self._module, app = runtime.load_tasks(self.folder, self.ns.config(), on_queue=self.ns.owns_queue)
+            self._module, app = runtime.load_tasks(
+                self.folder, {**self.ns.config(), **self._kit}, self.app_module, on_queue=self.ns.owns_queue
+            )
             self.ns.adopt(app)  # closed, and its result subscriptions dropped, with the namespace
         return self._module
 
@@ -200,7 +227,14 @@ class LabSession:
         workers :meth:`worker` hands out under that name (replaced as usual if they die)."""
         workers = self._launch(
             [
-                Worker(self.ns, self.folder, name=n, log_path=self._log_path(n), command=self.command, **o)
+                Worker(
+                    self.ns,
+                    self.folder,
+                    name=n,
+                    log_path=self._log_path(n),
+                    command=self.command,
+                    **{"module": self.app_module, **o, "settings": {**self._kit, **o.get("settings", {})}},
+                )
                 for n, o in specs.items()
             ]
         )
@@ -228,7 +262,7 @@ class LabSession:
         except WorkerError as exc:
             raise LabFailure(
                 verdict(
-                    "A worker could not start on your tasks.py.",
+                    f"A worker could not start on {self.source.removeprefix('the ')}.",
                     observed=str(exc),
                     hint="read the log above; the line that raised is near its end.",
                 )
@@ -240,7 +274,13 @@ class LabSession:
     def start_beat(self, settings: dict[str, Any] | None = None, ready_timeout: float | None = None) -> Beat:
         """A started ``celery beat``; ``ready_timeout`` bounds its start (say, by a test's deadline)."""
         self.require_import()
-        beat = Beat(self.ns, self.folder, settings, log_path=self._log_path("beat"))
+        beat = Beat(
+            self.ns,
+            self.folder,
+            {**self._kit, **(settings or {})},
+            self.app_module,
+            log_path=self._log_path("beat"),
+        )
         self._started.append(beat)
         try:
             beat.start() if ready_timeout is None else beat.start(max(1.0, ready_timeout))
@@ -278,6 +318,17 @@ class LabSession:
         self.recorder.stop()
         processes.sweep_strays()  # daemons and new-session children the learner's code started
         self.ns.cleanup()
+        if self.database is not None:  # after the workers: nothing holds it any more
+            with contextlib.suppress(Exception):
+                from django.db import connections
+
+                connections.close_all()  # the grader's own (SQLite: the file is removed next)
+            self.database.drop()
+        for key, value in self._env_before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 class LabRun:
@@ -391,6 +442,14 @@ class LabRun:
             return self.timeline.wait_for(predicate, limit, what)
         except DeadlineExceeded as exc:
             raise LabFailure(verdict(f"Gave up waiting for {what}.", observed=str(exc))) from None
+
+
+def _catalogued(lab: str) -> labs.Lab | None:
+    """The lab's catalogue entry; None for a module outside the catalogue (the kit's own tests)."""
+    try:
+        return labs.find(lab)
+    except labs.CatalogueError:
+        return None
 
 
 def _worker_command(lab: str) -> str | None:

@@ -134,6 +134,7 @@ def batch_args(lab: str, subs: Path, out: Path, *more: str) -> list[str]:
     return ["batch", lab, str(subs), "--out", str(out), "--jobs", "2", *more]
 
 
+@pytest.mark.slow  # ~40 s: three grades in sandboxes; the default suite keeps the fast checks
 @needs_sandbox
 def test_a_small_class_is_graded_in_sandboxes(tmp_path, home, no_orphans, listener):
     """Smoke: a solution, the skeleton and a submission that writes everywhere and phones home."""

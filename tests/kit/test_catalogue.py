@@ -26,8 +26,8 @@ def test_the_catalogue_has_the_core_labs_in_order():
 def test_every_lab_has_the_whole_anatomy(lab):
     for path in (
         lab.folder / "README.md",
-        lab.folder / "tasks.py",
-        lab.solution / "tasks.py",
+        lab.folder / lab.app_file,  # tasks.py, or a project's app package (lab.toml `app`)
+        lab.solution / lab.app_file,
         lab.autograder,
         ROOT / lab.notebook,
         ROOT / lab.quiz,
@@ -39,11 +39,21 @@ def test_every_lab_has_the_whole_anatomy(lab):
     assert len(lab.hints) >= 3 and all(1 <= s <= 17 for s in lab.sections)
     readme = (lab.folder / "README.md").read_text()
     assert f"celerylab grade {lab.name}" in readme, "the README says how it is graded"
-    assert not sorted(
-        p.name
-        for p in lab.folder.iterdir()
-        if p.name not in {"README.md", "tasks.py", "lab.toml"} and not p.name.startswith((".", "__pycache__"))
-    ), "a lab folder holds only its own files"
+    assert code_files(lab.folder) - {"README.md", "lab.toml"} == code_files(lab.solution), (
+        "a lab folder holds only its own files: README.md, lab.toml, and the same code files as the solution"
+    )
+
+
+def code_files(folder: Path) -> set[str]:
+    """Files under ``folder`` (relative paths), without caches, dot files, mutants and variants."""
+    skip = {"mutants", "variants", "__pycache__"}
+    return {
+        str(p.relative_to(folder))
+        for p in folder.rglob("*")
+        if p.is_file()
+        and not skip & set(p.relative_to(folder).parts)
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    }
 
 
 @pytest.mark.parametrize("lab", CATALOGUE, ids=LABS)
@@ -57,9 +67,23 @@ def test_skeleton_names_every_task_of_the_solution(lab):
             and any("task" in ast.unparse(d) for d in node.decorator_list)
         }
 
-    missing = tasks(lab.solution / "tasks.py") - tasks(lab.folder / "tasks.py")
+    def sources(folder):  # tasks.py, or every module of a project
+        return (
+            [folder / "tasks.py"]
+            if lab.app == "tasks"
+            else sorted(
+                p
+                for p in folder.rglob("*.py")
+                if not {"mutants", "variants"} & set(p.relative_to(folder).parts)
+            )
+        )
+
+    solution = set().union(*(tasks(p) for p in sources(lab.solution)))
+    missing = solution - set().union(*(tasks(p) for p in sources(lab.folder)))
     assert not missing, f"the skeleton should already name every task of the contract: {missing}"
-    assert re.search(r'^app = Celery\("', (lab.folder / "tasks.py").read_text(), re.M), "one app, named app"
+    assert any(re.search(r'^app = Celery\("', p.read_text(), re.M) for p in sources(lab.folder)), (
+        "one app: app"
+    )
 
 
 @pytest.mark.parametrize("lab", CATALOGUE, ids=LABS)

@@ -72,9 +72,11 @@ def test_every_rule_has_a_mutant_and_there_are_three_variants(lab):
     assert not rules - mutated, f"{lab.name}: rules no mutant breaks: {sorted(rules - mutated)}"
     assert len(lab.variants) >= 3, f"{lab.name}: {len(lab.variants)} variants; at least 3 correct ones"
     for path in lab.mutants + lab.variants:
-        source = path / "tasks.py" if path.is_dir() else path
-        doc = ast.get_docstring(ast.parse(source.read_text()))
-        assert doc and len(doc.split()) >= 4, f"{path}: a docstring says what it breaks (or how it differs)"
+        for source in sorted(path.rglob("*.py")) if path.is_dir() else [path]:  # a folder: an overlay
+            doc = ast.get_docstring(ast.parse(source.read_text()))
+            assert doc and len(doc.split()) >= 4, (
+                f"{source}: a docstring says what it breaks (or how it differs)"
+            )
 
 
 def _cells(line: str) -> list[str]:

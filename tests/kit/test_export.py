@@ -20,19 +20,41 @@ LAB = "first_task"
 
 
 def solution_files() -> list[Path]:
-    return sorted(p for p in (ROOT / "solutions").rglob("*.py") if "__pycache__" not in p.parts)
+    """The answers: solution files, except a project's files the skeleton has as they are (``manage.py``,
+    an empty ``__init__.py``), which give nothing away."""
+    return sorted(
+        p
+        for p in (ROOT / "solutions").rglob("*.py")
+        if "__pycache__" not in p.parts and not _as_in_skeleton(p)
+    )
+
+
+def _as_in_skeleton(path: Path) -> bool:
+    rel = path.relative_to(ROOT / "solutions")
+    skeleton = ROOT / "labs" / rel
+    return skeleton.is_file() and skeleton.read_text() == path.read_text()
 
 
 def solution_lines(lab: labs.Lab) -> set[str]:
     """Lines of the reference that the skeleton does not have: the answers."""
-    skeleton = {line.strip() for line in (lab.folder / "tasks.py").read_text().splitlines()}
+    skeleton = {line.strip() for p in sources(lab.folder) for line in p.read_text().splitlines()}
     return {
         line.strip()
-        for line in (lab.solution / "tasks.py").read_text().splitlines()
+        for p in sources(lab.solution)
+        for line in p.read_text().splitlines()
         if len(line.strip()) > 30
         and line.strip() not in skeleton
         and not line.strip().startswith(("#", "import ", "from "))
     }
+
+
+def sources(folder: Path) -> list[Path]:
+    """tasks.py, or every module of a project lab (not its mutants and variants)."""
+    if (folder / "tasks.py").exists():
+        return [folder / "tasks.py"]
+    return sorted(
+        p for p in folder.rglob("*.py") if not {"mutants", "variants", "__pycache__"} & set(p.parts)
+    )
 
 
 def readme_commands(readme: str) -> list[str]:

@@ -18,10 +18,11 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 
 def _marks(path: Path) -> list:
-    """The section notebooks from 05 on run a lab's scenarios on several workers (10-40 s each): they run in
-    the slow suite (CI runs it), so the default `pytest` stays under its 10-minute budget."""
+    """The section notebooks from 04 on (04: a Django project on a real database) run a lab's scenarios on
+    real workers (10-40 s each): they run in the slow suite (CI runs it), so the default `pytest` stays
+    under its 10-minute budget."""
     number = path.stem.partition("_")[0]
-    return [pytest.mark.slow] if number.isdigit() and int(number) >= 5 else []
+    return [pytest.mark.slow] if number.isdigit() and int(number) >= 4 else []
 
 
 @pytest.mark.parametrize("path", [pytest.param(p, id=p.stem, marks=_marks(p)) for p in NOTEBOOKS])

@@ -1,0 +1,14 @@
+"""Mutant (autodiscover): no app.autodiscover_tasks(): the worker never imports orders/tasks.py and
+knows no fulfil_order."""
+
+import os
+
+from celery import Celery
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "proj.settings")
+
+app = Celery("proj")  # the kit lays its broker and backend over this app; keep this line
+
+# Why: namespace="CELERY" reads exactly the CELERY_ settings and maps them to Celery's names
+# (CELERY_TASK_ACKS_LATE -> task_acks_late); without it Celery reads the old names and skips the new ones.
+app.config_from_object("django.conf:settings", namespace="CELERY")
