@@ -64,6 +64,7 @@ class _Process:
         self._own_dir = None if log_path else Path(tempfile.mkdtemp(prefix="celerylab-"))  # removed by stop()
         self.log_path = log_path or self._own_dir / f"{self.kind}.log"
         self.proc = None
+        self.env: dict[str, str] = {}  # environment variables of its own (a worker's ``env=``)
 
     def _spawn(self, argv: Sequence[str], hostname: str = "", command: str | None = None) -> None:
         """``celery -A celerylab.runtime <argv>``; or, given the learner's own ``command`` (``celery -A
@@ -75,7 +76,7 @@ class _Process:
             "config": self.settings,
             "command": command,
         }
-        env = {**os.environ, runtime.ENV: json.dumps(spec), "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, **self.env, runtime.ENV: json.dumps(spec), "PYTHONUNBUFFERED": "1"}
         if hostname:  # its pool processes name themselves in their life-cycle events (celerylab.runtime)
             env[runtime.HOSTNAME_ENV] = hostname
         if command:
@@ -137,9 +138,11 @@ class Worker(_Process):
         module: str = "tasks",
         log_path: Path | None = None,
         command: str | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         super().__init__(ns, folder, settings, module, log_path)
         self.command = command  # the learner's own worker command line (lab.toml `command`), if any
+        self.env = dict(env or {})  # what a deployment gives it, e.g. a metrics port (celerylab.metrics)
         self.name, self.hostname = name, ns.hostname(name)
         self.concurrency, self.pool = concurrency, pool
         self.queues = list(queues or [ns.queue])
@@ -341,6 +344,62 @@ class Beat(_Process):
                 raise WorkerError(f"beat did not start within {ready_timeout:.0f} s:\n{self.log_tail()}")
             time.sleep(0.05)
         return self
+
+    def stop(self) -> None:
+        self.kill()
+        self._forget_own_dir()
+
+
+class Flower(_Process):
+    """``celery flower`` on the namespace's app, on a loopback port, with HTTP basic auth (Flower 2 refuses
+    its REST API without authentication). Its API (``/api/workers``, ``/api/tasks``) reports what it learnt
+    from the workers' events and remote control, like the UI."""
+
+    kind = "flower"
+
+    def __init__(
+        self,
+        ns: Namespace,
+        folder: Path | str,
+        port: int,
+        basic_auth: str,
+        module: str = "tasks",
+        log_path: Path | None = None,
+    ) -> None:
+        super().__init__(ns, folder, None, module, log_path)
+        self.port, self.basic_auth = port, basic_auth
+        self.env = {"FLOWER_BASIC_AUTH": basic_auth}  # as docker-compose.yml passes it
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, ready_timeout: float = READY_TIMEOUT) -> Flower:
+        """Spawn it; ready once ``/api/workers`` answers 200 (polled, bounded)."""
+        import httpx
+
+        self._spawn(["flower", "--address=127.0.0.1", f"--port={self.port}", "--persistent=False"])
+        deadline = time.monotonic() + ready_timeout
+        while True:
+            try:
+                if self.get("/api/workers", timeout=2.0).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            if not self.alive:
+                raise self._died("exited before it answered")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise WorkerError(f"flower did not answer within {ready_timeout:.0f} s:\n{self.log_tail()}")
+            time.sleep(0.1)  # polling its port, bounded by the deadline above
+
+    def get(self, path: str, auth: tuple[str, str] | None = None, **params: Any) -> Any:
+        """``GET path`` on its API (an ``httpx.Response``), with its credentials unless ``auth`` says else."""
+        import httpx
+
+        user, _, password = self.basic_auth.partition(":")
+        timeout = params.pop("timeout", 5.0)
+        return httpx.get(self.url + path, params=params, auth=auth or (user, password), timeout=timeout)
 
     def stop(self) -> None:
         self.kill()
