@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from celerylab import labs  # noqa: E402
-from celerylab.brokers import open_broker  # noqa: E402
+from celerylab.engine.brokers import open_broker  # noqa: E402
 
 
 def floor(broker_url: str, backend_url: str) -> float:

@@ -14,9 +14,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from celerylab import brokers, labs
+from celerylab.engine import brokers
+from celerylab.grading import labs
 from celerylab.paths import kit_root, state_dir
-from celerylab.progress import Progress
+from celerylab.study.progress import Progress
 
 console = Console(highlight=False)
 DATABASE_HELP = (
@@ -228,7 +229,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_grade(args: argparse.Namespace) -> int:
     import pytest
 
-    from celerylab.results import GradeReport
+    from celerylab.grading.results import GradeReport
 
     lab = labs.find(args.lab)
     if args.broker not in (None, "auto", "embedded"):
@@ -268,7 +269,7 @@ def cmd_grade(args: argparse.Namespace) -> int:
     if args.keyword:
         pytest_args += ["-k", args.keyword]
     if args.extra_tests or args.hidden:
-        from celerylab.gradejob import hidden_tests
+        from celerylab.grading.gradejob import hidden_tests
 
         extra = hidden_tests(lab, map(Path, args.extra_tests), kit=args.hidden)
         if not extra:
@@ -346,7 +347,7 @@ class _Interrupt:
 
 
 def _grade_repeatedly(lab: labs.Lab, target: str, args: argparse.Namespace) -> int:
-    from celerylab import mutation
+    from celerylab.grading import mutation
 
     path = {"labs": lab.folder, "solutions": lab.solution}.get(target, Path(target))
     console.print(f"grading {lab.name} ({path}) {args.repeat} times...")
@@ -369,13 +370,13 @@ def _grade_repeatedly(lab: labs.Lab, target: str, args: argparse.Namespace) -> i
 def _choose_database(choice: str | None) -> None:
     """``--database``: every grade of this command (in this process or a child) makes its database there."""
     if choice:
-        from celerylab import databases
+        from celerylab.engine import databases
 
         os.environ[databases.CHOICE_ENV] = choice
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from celerylab import mutation
+    from celerylab.grading import mutation
 
     chosen = [labs.find(name) for name in args.labs] if args.labs else labs.catalogue()
     _choose_database(args.database)
@@ -410,7 +411,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
     from rich.progress import Progress as Bar
 
-    from celerylab import batch, gradebook, gradejob, sandbox
+    from celerylab.grading import batch, gradebook, gradejob, sandbox
 
     lab = labs.find(args.lab)
     out = Path(args.out or f"{lab.name}-gradebook").resolve()
@@ -475,7 +476,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
 
 def cmd_export_starter(args: argparse.Namespace) -> int:
-    from celerylab import export
+    from celerylab.grading import export
 
     try:
         files = export.starter(Path(args.dir), git=not args.no_git)
@@ -487,7 +488,7 @@ def cmd_export_starter(args: argparse.Namespace) -> int:
 
 
 def cmd_export_gradescope(args: argparse.Namespace) -> int:
-    from celerylab import export
+    from celerylab.grading import export
 
     path = export.gradescope(labs.find(args.lab), Path(args.zip))
     console.print(f"Gradescope autograder for {args.lab}: {path} (upload it as the assignment's autograder)")
@@ -495,7 +496,7 @@ def cmd_export_gradescope(args: argparse.Namespace) -> int:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    from celerylab.watch import watch
+    from celerylab.grading.watch import watch
 
     target = Path(args.target).resolve() if args.target else None
     if target is not None and not target.is_dir():
@@ -521,7 +522,7 @@ def cmd_hint(args: argparse.Namespace) -> int:
 
 
 def cmd_progress(args: argparse.Namespace) -> int:
-    from celerylab import quiz
+    from celerylab.study import quiz
 
     progress = Progress.load()
     table = Table("lab", "best score", "graded", "hints used")
@@ -574,19 +575,19 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_quiz(args: argparse.Namespace) -> int:
-    from celerylab.quiz import run_quiz
+    from celerylab.study.quiz import run_quiz
 
     return run_quiz(topics=args.topic, count=args.count, sections=args.section)
 
 
 def cmd_quiz_score(args: argparse.Namespace) -> int:
-    from celerylab.quiz import run_score
+    from celerylab.study.quiz import run_score
 
     return run_score(args.question_id)
 
 
 def cmd_interview(args: argparse.Namespace) -> int:
-    from celerylab.interview import run_interview
+    from celerylab.study.interview import run_interview
 
     return run_interview(count=args.count, time_limit=args.time_limit, question=args.question)
 

@@ -121,7 +121,7 @@ def run_celerylab(
 @pytest.fixture(scope="session")
 def bank():
     """The quiz bank as shipped (read-only in tests)."""
-    from celerylab.quizbank import load_bank
+    from celerylab.study.quizbank import load_bank
 
     return load_bank()
 
@@ -138,7 +138,7 @@ def quiz_home(tmp_path) -> Path:
 @pytest.fixture(scope="module")
 def broker():
     """The default broker (local Redis here, else the embedded Valkey), for engine tests."""
-    from celerylab.brokers import open_broker
+    from celerylab.engine.brokers import open_broker
 
     with open_broker() as broker:
         yield broker
@@ -147,7 +147,7 @@ def broker():
 @pytest.fixture
 def ns(broker):
     """A fresh namespace on it, cleaned up after the test."""
-    from celerylab.namespaces import Namespace
+    from celerylab.engine.namespaces import Namespace
 
     namespace = Namespace(broker, "kit")
     yield namespace

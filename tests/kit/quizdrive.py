@@ -15,8 +15,8 @@ import sys
 import threading
 from pathlib import Path
 
-from celerylab import quizbank
-from celerylab.quizbank import Question
+from celerylab.study import quizbank
+from celerylab.study.quizbank import Question
 
 ROOT = Path(__file__).resolve().parents[2]
 SESSION = 10  # the session the planned run will be (1 + the largest "last")

@@ -1,10 +1,10 @@
-"""The rules celerylab.answers applies to a written answer, one rule per test (see its docstring)."""
+"""The rules celerylab.study.answers applies to a written answer, one rule per test (see its docstring)."""
 
 from __future__ import annotations
 
 import pytest
 
-from celerylab.answers import GENERIC, assess, synonym_problems, tokenize
+from celerylab.study.answers import GENERIC, assess, synonym_problems, tokenize
 
 RUBRIC = [
     ("idempotent", ["idempot*", "safe to run twice", "more than once"]),

@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from celerylab import batch, gradebook, sandbox
-from celerylab.gradejob import Run
-from celerylab.results import GradeReport, TestResult
+from celerylab.grading import batch, gradebook, sandbox
+from celerylab.grading.gradejob import Run
+from celerylab.grading.results import GradeReport, TestResult
 from tests.kit.conftest import ROOT, run_celerylab
 
 LAB = "first_task"  # the fastest lab: ~7 s a grade
@@ -240,7 +240,7 @@ def test_the_fallback_is_stated():
 
 
 def test_a_sandboxed_batch_refuses_a_broker_it_cannot_reach(tmp_path):
-    from celerylab import labs
+    from celerylab.grading import labs
 
     with pytest.raises(batch.BatchError, match="--broker embedded"):
         batch.Batch(labs.find(LAB), tmp_path, broker="redis", support=sandbox.Support("full", ""))

@@ -7,8 +7,8 @@ import os
 import pytest
 import redis
 
-from celerylab import brokers
-from celerylab.brokers import BrokerUnavailable, open_broker
+from celerylab.engine import brokers
+from celerylab.engine.brokers import BrokerUnavailable, open_broker
 from tests.kit.conftest import children_of, is_gone, process_name
 
 DEAD = f"redis://127.0.0.1:{brokers.free_port()}/0"  # nothing listens there

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from celerylab import labs
-from celerylab.labs import CatalogueError, load_lab
+from celerylab.grading import labs
+from celerylab.grading.labs import CatalogueError, load_lab
 from tests.kit.conftest import ROOT
 
 CATALOGUE = labs.catalogue()

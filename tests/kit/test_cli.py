@@ -12,7 +12,8 @@ from collections.abc import Callable
 
 import pytest
 
-from celerylab import brokers, cli
+from celerylab import cli
+from celerylab.engine import brokers
 from tests.kit.conftest import ROOT, kit_processes, run_celerylab
 
 

@@ -239,7 +239,7 @@ def test_commands_exist(services: dict[str, dict[str, Any]]) -> None:
 
 
 def test_worker_spec_loads_the_lab(services: dict[str, dict[str, Any]]) -> None:
-    """$CELERYLAB_TASKS of the worker service is what celerylab.runtime reads, and it loads the lab."""
+    """$CELERYLAB_TASKS of the worker service is what celerylab.engine.runtime reads, and it loads the lab."""
     from celery.app.defaults import DEFAULTS, flatten
 
     svc = services["worker"]
@@ -248,11 +248,11 @@ def test_worker_spec_loads_the_lab(services: dict[str, dict[str, Any]]) -> None:
     assert (folder / f"{spec.get('module', 'tasks')}.py").is_file(), f"no tasks.py in {folder}"
     known = {name for name, _ in flatten(DEFAULTS)}
     assert set(spec["config"]) <= known, f"not Celery settings: {set(spec['config']) - known}"
-    assert command_of(svc)[:3] == ["celery", "-A", "celerylab.runtime"]
+    assert command_of(svc)[:3] == ["celery", "-A", "celerylab.engine.runtime"]
 
     here = {**spec, "folder": str(folder)}  # the same spec, as a worker on this machine would get it
     env = {**os.environ, "CELERYLAB_TASKS": json.dumps(here)}
-    code = "from celerylab.runtime import app; print(app.conf.broker_url); print(sorted(app.tasks))"
+    code = "from celerylab.engine.runtime import app; print(app.conf.broker_url); print(sorted(app.tasks))"
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, cwd=folder, capture_output=True, text=True, timeout=60
     )

@@ -8,8 +8,8 @@ import re
 
 import pytest
 
-from celerylab import labs
-from celerylab.labs import CatalogueError, load_lab, mutant_rule
+from celerylab.grading import labs
+from celerylab.grading.labs import CatalogueError, load_lab, mutant_rule
 
 CATALOGUE = labs.catalogue()
 IDS = [lab.name for lab in CATALOGUE]

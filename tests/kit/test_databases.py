@@ -8,8 +8,9 @@ import sys
 
 import pytest
 
-from celerylab import databases, labs, mutation, runtime
-from celerylab.publishing import PublishLog
+from celerylab.engine import databases, runtime
+from celerylab.engine.publishing import PublishLog
+from celerylab.grading import labs, mutation
 
 POSTGRES = os.environ.get("CELERYLAB_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 

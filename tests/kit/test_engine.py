@@ -14,12 +14,12 @@ import pytest
 from celery import Celery
 from celery.schedules import crontab
 
-from celerylab import runtime
-from celerylab.cron import fire_times
-from celerylab.namespaces import Namespace
-from celerylab.stubs import ScriptedHTTPServer
-from celerylab.timeline import Recorder
-from celerylab.workers import Worker, WorkerError, start_worker
+from celerylab.engine import runtime
+from celerylab.engine.cron import fire_times
+from celerylab.engine.namespaces import Namespace
+from celerylab.engine.stubs import ScriptedHTTPServer
+from celerylab.engine.timeline import Recorder
+from celerylab.engine.workers import Worker, WorkerError, start_worker
 from tests.kit.conftest import is_gone, kit_processes
 
 TASKS = """
@@ -165,9 +165,9 @@ def start_owner(tmp_path, folder) -> subprocess.Popen:
     script.write_text(
         textwrap.dedent(f"""
         import time
-        from celerylab.brokers import open_broker
-        from celerylab.namespaces import Namespace
-        from celerylab.workers import Worker
+        from celerylab.engine.brokers import open_broker
+        from celerylab.engine.namespaces import Namespace
+        from celerylab.engine.workers import Worker
         with open_broker("embedded") as b:
             Worker(Namespace(b, "own"), {str(folder)!r}, concurrency=2).start()
             print("ready", flush=True)
@@ -229,7 +229,7 @@ def test_a_killed_owner_takes_its_workers_and_broker_with_it(tmp_path, folder, n
 
 
 def test_a_long_run_of_identical_attempts_folds_into_one_line():
-    from celerylab.timeline import ATTEMPT_END, ATTEMPT_START, Event, Recorder, Timeline
+    from celerylab.engine.timeline import ATTEMPT_END, ATTEMPT_START, Event, Recorder, Timeline
 
     recorder = Recorder(app=None)
     t = 1000.0
@@ -336,7 +336,7 @@ def test_settle_returns_on_a_live_worker_and_names_a_frozen_one(ns, folder, no_o
 def test_a_recorder_whose_sends_fail_is_tried_again_then_reported_as_deaf(ns, monkeypatch):
     """A connection error while the recorder checks it can hear (a socket timeout on a loaded host) costs an
     attempt, not the grade's setup: three tries, then a verdict that names the error."""
-    from celerylab.timeline import DeadlineExceeded
+    from celerylab.engine.timeline import DeadlineExceeded
 
     rec = Recorder(ns.app("rec"))
     tries = []
@@ -376,7 +376,7 @@ def test_a_worker_on_the_learners_own_command_line_gets_the_kits_settings(ns, tm
     "command", ["celery worker -A tasks", "python -m celery -A tasks worker", "rm -rf /"]
 )
 def test_a_command_that_is_not_a_worker_on_one_app_is_refused(tmp_path, command):
-    from celerylab.labs import CatalogueError, load_lab
+    from celerylab.grading.labs import CatalogueError, load_lab
 
     lab = tmp_path / "labs" / "x"
     lab.mkdir(parents=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from celerylab import export, labs
+from celerylab.grading import export, labs
 from tests.kit.conftest import ROOT, run_celerylab
 
 LAB = "first_task"

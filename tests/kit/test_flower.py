@@ -1,7 +1,8 @@
 """Flower against a real worker: its REST API reports the workload the worker ran, the same counts the
 monitoring lab's Prometheus endpoint shows, and it answers nobody without credentials.
 
-``celery flower`` runs as the kit runs workers (``celery -A celerylab.runtime``, on a kit namespace), on a
+``celery flower`` runs as the kit runs workers (``celery -A celerylab.engine.runtime``, on a kit
+namespace), on a
 free loopback port, with basic auth from ``FLOWER_BASIC_AUTH`` as docker-compose.yml passes it. Every wait
 is bounded and polls what Flower reports. A worker and Flower start side by side: ~5-10 s.
 """
@@ -14,8 +15,8 @@ from collections import Counter
 
 import httpx
 
-from celerylab import metrics
-from celerylab.workers import Flower, start_worker
+from celerylab.engine import metrics
+from celerylab.engine.workers import Flower, start_worker
 from tests.kit.conftest import ROOT
 
 SOLUTION = ROOT / "solutions" / "monitoring"  # its tasks (charge, resize) and its /metrics endpoint

@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from celerylab.results import GradeReport, TestResult
+from celerylab.grading.results import GradeReport, TestResult
 from tests.kit.conftest import ROOT, run_celerylab
 
 SKELETON = (ROOT / "labs" / "retries" / "tasks.py").read_text()
@@ -188,7 +188,7 @@ def test_workers_run_in_a_time_zone_that_is_not_utc(tmp_path, home, no_orphans):
 
 def test_a_grader_error_keeps_its_name_however_deep_the_traceback():
     """A grader bug is reported with the error first; a deep traceback keeps only its end after that."""
-    from celerylab.grading import _message
+    from celerylab.grading.plugin import _message
 
     def deep(n: int) -> None:
         if n == 0:

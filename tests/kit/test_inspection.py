@@ -1,13 +1,13 @@
-"""celerylab.inspection on a real worker: prefetch window, reserved and running tasks, pool size; and a
+"""celerylab.engine.inspection on a real worker: prefetch window, reserved and running tasks, pool size; and a
 Worker started with concurrency=None, which leaves the pool size to the app's worker_concurrency."""
 
 from __future__ import annotations
 
 import pytest
 
-from celerylab import inspection
-from celerylab.timeline import ATTEMPT_START, Recorder
-from celerylab.workers import start_worker
+from celerylab.engine import inspection
+from celerylab.engine.timeline import ATTEMPT_START, Recorder
+from celerylab.engine.workers import start_worker
 
 TASKS = """
 import time

@@ -5,8 +5,8 @@ from __future__ import annotations
 import io
 import itertools
 
-from celerylab.interview import fmt_duration, run_interview
-from celerylab.progress import Progress
+from celerylab.study.interview import fmt_duration, run_interview
+from celerylab.study.progress import Progress
 from tests.kit.quizdrive import plan_memory, read_memory, run_module, write_progress
 
 PRODUCTION = "interview_template-001"
@@ -27,7 +27,7 @@ def ticking(*times: float):
 def test_production_question_end_to_end(quiz_home):
     script = "\n" + GOOD + "\n"  # an empty first line is re-prompted, the final empty line ends the answer
     result = run_module(
-        "celerylab.interview", ["--question", PRODUCTION, "--time-limit", "600"], script, quiz_home
+        "celerylab.study.interview", ["--question", PRODUCTION, "--time-limit", "600"], script, quiz_home
     )
     out = result.stdout
     assert result.returncode == 0, result.stderr
@@ -44,7 +44,7 @@ def test_production_question_end_to_end(quiz_home):
 
 def test_weak_answer_shows_points_missed(quiz_home):
     script = "We use Celery with Redis.\nIt works.\n\n"
-    result = run_module("celerylab.interview", ["--question", PRODUCTION], script, quiz_home)
+    result = run_module("celerylab.study.interview", ["--question", PRODUCTION], script, quiz_home)
     out = result.stdout
     assert "Time allowed: 2:00." in out
     assert "Key points: 1/8 (pass mark 6): not yet." in out
@@ -95,10 +95,10 @@ def test_missed_question_comes_back_first_and_eof_stops(bank, tmp_path):
 
 
 def test_bad_options(quiz_home, bank):
-    result = run_module("celerylab.interview", ["--question", "nope-001"], "", quiz_home)
+    result = run_module("celerylab.study.interview", ["--question", "nope-001"], "", quiz_home)
     assert result.returncode == 2 and PRODUCTION in result.stdout
     quiz_id = next(q.id for q in bank if q.kind == "single")
-    result = run_module("celerylab.interview", ["--question", quiz_id], "", quiz_home)
+    result = run_module("celerylab.study.interview", ["--question", quiz_id], "", quiz_home)
     assert result.returncode == 2 and "celerylab quiz" in result.stdout
     assert run_interview(0, 60, stdin=io.StringIO(), stdout=io.StringIO()) == 2
     assert run_interview(1, 0, stdin=io.StringIO(), stdout=io.StringIO()) == 2
@@ -122,7 +122,7 @@ def test_self_assessment_corrections_decide_the_memory(quiz_home):
     # "9" is out of range (re-prompted); "6 8" flips two points the candidate did make, in other words.
     script = answer + "\n9\n6, 8\n\n"
     result = run_module(
-        "celerylab.interview", ["--question", PRODUCTION, "--time-limit", "600"], script, quiz_home
+        "celerylab.study.interview", ["--question", PRODUCTION, "--time-limit", "600"], script, quiz_home
     )
     out = result.stdout
     assert result.returncode == 0, result.stderr

@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from celerylab import labs
+from celerylab.grading import labs
 from tests.kit.conftest import grade_side_by_side, run_celerylab
 
 LABS = [lab.name for lab in labs.catalogue()]
@@ -75,7 +75,7 @@ DATABASE_LABS = [lab.name for lab in labs.catalogue() if lab.database]
 @pytest.mark.parametrize("lab", DATABASE_LABS)
 def test_database_lab_gets_full_marks_on_postgresql_and_drops_its_database(lab, tmp_path, home, no_orphans):
     """A lab with a database (lab.toml `database`) graded on PostgreSQL too; nothing of it is left."""
-    from celerylab.databases import grade_databases
+    from celerylab.engine.databases import grade_databases
 
     before = grade_databases(POSTGRES)
     code, report, _ = grade(lab, tmp_path, "--solutions", "--database", POSTGRES)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from celerylab import labs
+from celerylab.grading import labs
 from tests.kit.conftest import run_celerylab
 
 LABS = [lab.name for lab in labs.catalogue()]

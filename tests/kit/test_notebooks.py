@@ -11,7 +11,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from celerylab.notebook_outputs import is_tidy
+from celerylab.study.notebook_outputs import is_tidy
 from tests.kit.conftest import ROOT
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -77,6 +77,7 @@ def test_every_notebook_is_named_for_a_cheat_sheet_section():
 
 def test_saved_notebooks_keep_plots_and_no_widget_reprs():
     """An untrusted notebook shows a saved widget as its repr (``interactive(children=(...``): the repo keeps
-    a line that says to run the cells instead (``python -m celerylab.notebook_outputs notebooks/*.ipynb``)."""
+    a line that says to run the cells instead (``python -m celerylab.study.notebook_outputs
+    notebooks/*.ipynb``)."""
     untidy = [p.name for p in NOTEBOOKS if not is_tidy(nbformat.read(p, as_version=4))]
-    assert not untidy, f"run `python -m celerylab.notebook_outputs notebooks/*.ipynb`: {untidy}"
+    assert not untidy, f"run `python -m celerylab.study.notebook_outputs notebooks/*.ipynb`: {untidy}"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import redis
 
-from celerylab.playground import Playground
+from celerylab.study.playground import Playground
 from tests.kit.conftest import is_gone
 
 ADD = """
@@ -48,7 +48,7 @@ def test_a_closed_playground_comes_back_when_a_widget_uses_it(no_orphans):
 
 
 KERNEL_CELL = """
-from celerylab.playground import Playground
+from celerylab.study.playground import Playground
 pg = Playground(broker="redis")
 pg.write_tasks('''{code}''')
 worker = pg.start(concurrency=1)

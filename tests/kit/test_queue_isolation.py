@@ -15,9 +15,9 @@ import time
 import pytest
 from celery.exceptions import QueueNotFound
 
-from celerylab import runtime
-from celerylab.brokers import BrokerUnavailable, open_broker
-from celerylab.namespaces import DEFAULT_QUEUE, Namespace
+from celerylab.engine import runtime
+from celerylab.engine.brokers import BrokerUnavailable, open_broker
+from celerylab.engine.namespaces import DEFAULT_QUEUE, Namespace
 from tests.kit.conftest import ROOT, grade_side_by_side
 
 SOLUTION = ROOT / "solutions" / "routing"

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from celerylab import quizbank
-from celerylab.quiz import load_bank, validate_file
-from celerylab.quizbank import KeyPoint, bank_files, normalize
+from celerylab.study import quizbank
+from celerylab.study.quiz import load_bank, validate_file
+from celerylab.study.quizbank import KeyPoint, bank_files, normalize
 
 ROOT = Path(__file__).resolve().parents[2]
 PROOFS = Path(__file__).with_name("test_quiz_proofs.py")

@@ -17,10 +17,10 @@ from celery import chain, chord, group
 from celery.canvas import _chain
 from celery.exceptions import ChordError
 
-from celerylab.brokers import free_port
+from celerylab.engine.brokers import free_port
+from celerylab.grading.session import LabRun, LabSession
 from celerylab.paths import state_dir
-from celerylab.quizbank import load_bank
-from celerylab.session import LabRun, LabSession
+from celerylab.study.quizbank import load_bank
 from tests.kit.conftest import is_gone
 
 PROOFS = Path(__file__).with_name("proofs")

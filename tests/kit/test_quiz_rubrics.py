@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from celerylab.quiz import load_bank
-from celerylab.quizbank import Question
+from celerylab.study.quiz import load_bank
+from celerylab.study.quizbank import Question
 
 BANK = load_bank()
 WRITTEN = [q for q in BANK if q.kind in ("short", "open")]

@@ -12,9 +12,9 @@ import sys
 
 import pytest
 
-from celerylab.progress import Progress
-from celerylab.quiz import Terminal, mastery_by_section, run_quiz
-from celerylab.quizbank import MASTERED_BOX, is_mastered, record, select
+from celerylab.study.progress import Progress
+from celerylab.study.quiz import Terminal, mastery_by_section, run_quiz
+from celerylab.study.quizbank import MASTERED_BOX, is_mastered, record, select
 from tests.kit.quizdrive import (
     SESSION,
     LiveProcess,
@@ -53,7 +53,7 @@ def test_right_wrong_and_invalid_answers(planned, quiz_home):
         right_input(short),
     ]
     result = run_module(
-        "celerylab.quiz", ["--topic", "retries", "--count", "4"], "\n".join(script) + "\n", quiz_home
+        "celerylab.study.quiz", ["--topic", "retries", "--count", "4"], "\n".join(script) + "\n", quiz_home
     )
     out = result.stdout
     assert result.returncode == 0, result.stderr
@@ -75,7 +75,10 @@ def test_right_wrong_and_invalid_answers(planned, quiz_home):
 
 def test_end_of_input_stops_with_partial_score(planned, quiz_home):
     result = run_module(
-        "celerylab.quiz", ["--topic", "retries", "--count", "4"], right_input(planned[0]) + "\n", quiz_home
+        "celerylab.study.quiz",
+        ["--topic", "retries", "--count", "4"],
+        right_input(planned[0]) + "\n",
+        quiz_home,
     )
     assert result.returncode == 0
     assert "Stopped early." in result.stdout
@@ -89,7 +92,9 @@ def test_end_of_input_stops_with_partial_score(planned, quiz_home):
 def test_ctrl_c_stops_with_partial_score(planned, quiz_home):
     env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "NO_COLOR")}
     env.update(CELERYLAB_HOME=str(quiz_home))
-    live = LiveProcess([sys.executable, "-m", "celerylab.quiz", "--topic", "retries", "--count", "4"], env)
+    live = LiveProcess(
+        [sys.executable, "-m", "celerylab.study.quiz", "--topic", "retries", "--count", "4"], env
+    )
     live.wait_for("Your answer (a-")
     live.send(wrong_input(planned[0]))
     live.wait_for("True or false? (t/f): ")
@@ -104,7 +109,7 @@ def test_ctrl_c_stops_with_partial_score(planned, quiz_home):
 def test_damaged_progress_file_is_set_aside(bank, quiz_home):
     (quiz_home / "progress.json").write_text("{this is not json")
     any_kind = "a\nt\n"  # "a" answers a choice or short question; a true/false one re-prompts, then "t"
-    result = run_module("celerylab.quiz", ["--section", "11", "--count", "1"], any_kind, quiz_home)
+    result = run_module("celerylab.study.quiz", ["--section", "11", "--count", "1"], any_kind, quiz_home)
     assert result.returncode == 0
     assert "progress file was damaged" in result.stderr
     assert "Score: " in result.stdout
@@ -117,7 +122,9 @@ def test_a_renamed_topic_keeps_its_memory_and_its_old_name(quiz_home):
     write_progress(quiz_home, {"concurrency-003": old, "retries-001": {"box": 2}})
     memory = Progress.load(quiz_home / "progress.json").quiz
     assert memory["prefetch-003"] == old and "concurrency-003" not in memory and "retries-001" in memory
-    result = run_module("celerylab.quiz", ["--topic", "concurrency", "--count", "1"], "a\nt\n", quiz_home)
+    result = run_module(
+        "celerylab.study.quiz", ["--topic", "concurrency", "--count", "1"], "a\nt\n", quiz_home
+    )
     assert result.returncode == 0 and "Unknown topic" not in result.stdout
     asked = re.search(r"Question 1/1 · (\S+)", result.stdout).group(1)
     assert asked.startswith("prefetch-")
@@ -126,7 +133,7 @@ def test_a_renamed_topic_keeps_its_memory_and_its_old_name(quiz_home):
 
 
 def test_unknown_topic_and_bad_count(quiz_home):
-    result = run_module("celerylab.quiz", ["--topic", "retry"], "", quiz_home)
+    result = run_module("celerylab.study.quiz", ["--topic", "retry"], "", quiz_home)
     assert result.returncode == 2
     assert "Unknown topic 'retry'" in result.stdout and "retries" in result.stdout
     out = io.StringIO()

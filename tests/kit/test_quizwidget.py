@@ -12,9 +12,9 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from celerylab.progress import Progress
-from celerylab.quiz import reflow
-from celerylab.quizwidget import QuizWidget
+from celerylab.study.progress import Progress
+from celerylab.study.quiz import reflow
+from celerylab.study.quizwidget import QuizWidget
 from tests.kit.quizdrive import ROOT, right_input, trust_bank, wrong_input
 
 NOTEBOOK = ROOT / "notebooks" / "00_interview_prep.ipynb"

@@ -23,9 +23,9 @@ import pytest
 from celery.app.defaults import DEFAULTS
 from celery.result import AsyncResult
 
-from celerylab import runtime
-from celerylab.session import LabFailure, LabRun, LabSession, expect
-from celerylab.timeline import Attempt, Timeline
+from celerylab.engine import runtime
+from celerylab.engine.timeline import Attempt, Timeline
+from celerylab.grading.session import LabFailure, LabRun, LabSession, expect
 
 # Redis only sweeps unacked messages back after visibility_timeout (1 h by default), checking every
 # unacked_restore_interval x unacked_restore_throttle seconds (10 x 10): shortened so a grade takes seconds.

@@ -17,9 +17,9 @@ from celery.canvas import Signature
 from celery.exceptions import ChordError
 from celery.result import AsyncResult
 
-from celerylab.session import LabFailure, expect, verdict
-from celerylab.stubs import ScriptedHTTPServer
-from celerylab.timeline import FINAL
+from celerylab.engine.stubs import ScriptedHTTPServer
+from celerylab.engine.timeline import FINAL
+from celerylab.grading.session import LabFailure, expect, verdict
 
 PAGES = 4
 LATENCY = 0.15  # page n of 4 answers after (5 - n) * 0.15 s: the first page is the slowest

@@ -4,7 +4,7 @@ Real Django on a real database made for this grade (SQLite in a temp folder, or 
 ``--database``), real prefork workers started with the project's own ``celery -A proj worker -l info``
 (Celery's Django fix-up runs ``django.setup()`` in them). The learner's ``place_order`` runs here, in the
 grader's process, on the same database; every task message it sends is recorded as it is published
-(celerylab.publishing): its arguments as passed, and whether a transaction was open on the grader's
+(celerylab.engine.publishing): its arguments as passed, and whether a transaction was open on the grader's
 connection at that moment.
 
 The commit race is widened on purpose, not hoped for: after each publish the grader holds the publishing
@@ -28,10 +28,10 @@ from typing import Any
 
 import pytest
 
-from celerylab import runtime
-from celerylab.publishing import Publish, PublishLog
-from celerylab.session import LabFailure, LabRun, LabSession, expect
-from celerylab.timeline import FINAL, DeadlineExceeded, Timeline
+from celerylab.engine import runtime
+from celerylab.engine.publishing import Publish, PublishLog
+from celerylab.engine.timeline import FINAL, DeadlineExceeded, Timeline
+from celerylab.grading.session import LabFailure, LabRun, LabSession, expect
 
 HOLD = 12.0  # after a publish, at most this long for the worker to run the task (SQLite waits 5 s for a lock)
 TASK = "fulfil_order"
@@ -325,7 +325,8 @@ SETTINGS = ("accept_content", "task_serializer", "result_serializer", "timezone"
 
 
 def worker_conf(worker) -> dict[str, Any]:
-    """The worker's settings as its app really has them (celerylab.runtime's remote-control command)."""
+    """The worker's settings as its app really has them (celerylab.engine.runtime's remote-control
+    command)."""
     reply = worker.inspect(timeout=5.0)._request(runtime.SETTINGS_COMMAND, names=list(SETTINGS)) or {}
     return reply.get(worker.hostname) or {}
 

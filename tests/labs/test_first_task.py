@@ -19,9 +19,9 @@ from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult, EagerResult
 
-from celerylab import runtime
-from celerylab.session import LabFailure, expect, verdict
-from celerylab.timeline import DeadlineExceeded
+from celerylab.engine import runtime
+from celerylab.engine.timeline import DeadlineExceeded
+from celerylab.grading.session import LabFailure, expect, verdict
 
 CALL_LIMIT = 5.0  # a client function that only sends must return well within this
 COUNTDOWN = 1.0  # start_add_in's delay in the test

@@ -26,8 +26,8 @@ import pytest
 import redis
 from celery.result import AsyncResult
 
-from celerylab.session import LabFailure, expect
-from celerylab.timeline import FINAL, DeadlineExceeded
+from celerylab.engine.timeline import FINAL, DeadlineExceeded
+from celerylab.grading.session import LabFailure, expect
 
 COPIES = 8  # the same key sent at once in the concurrency test
 HOLD_MAX = 10.0  # a held gateway reply is released after this at the latest

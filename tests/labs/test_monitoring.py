@@ -2,7 +2,8 @@
 
 The grader starts a real prefork worker (2 pool processes) the way a deployment that scrapes it would: a
 free loopback port in ``$METRICS_PORT`` and an empty folder of its own in ``$PROMETHEUS_MULTIPROC_DIR``
-(celerylab.metrics). It scrapes ``/metrics`` over HTTP, runs a known workload (successes, failures and two
+(celerylab.engine.metrics). It scrapes ``/metrics`` over HTTP, runs a known workload (successes,
+failures and two
 slow charges with known sleep times), scrapes again, and judges the increase between the two scrapes the
 way PromQL reads it: ``sum by (task, state)``, the share of runs within the 1.5 s SLO, ``histogram_quantile``
 with Prometheus' own interpolation. Every sleep is far from the SLO bound (0.05 s and 1.7 s against 1.5 s:
@@ -27,10 +28,10 @@ from pathlib import Path
 import pytest
 from celery.result import AsyncResult
 
-from celerylab import metrics
-from celerylab.metrics import Scrape, ScrapeError
-from celerylab.session import LabFailure, LabRun, LabSession, expect
-from celerylab.workers import Worker
+from celerylab.engine import metrics
+from celerylab.engine.metrics import Scrape, ScrapeError
+from celerylab.engine.workers import Worker
+from celerylab.grading.session import LabFailure, LabRun, LabSession, expect
 
 SLO = 1.5  # seconds: the alert's threshold, "95% of charges within 1.5 s"
 FAST, SLOW = 0.05, 1.7  # sleeps: far below and above the SLO bound (a run lasts its sleep plus milliseconds)

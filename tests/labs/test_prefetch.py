@@ -20,9 +20,9 @@ import statistics
 import pytest
 from celery.app.defaults import DEFAULTS
 
-from celerylab import inspection, runtime
-from celerylab.session import LabFailure, LabRun, LabSession, expect
-from celerylab.timeline import ATTEMPT_START, Timeline
+from celerylab.engine import inspection, runtime
+from celerylab.engine.timeline import ATTEMPT_START, Timeline
+from celerylab.grading.session import LabFailure, LabRun, LabSession, expect
 
 HOLD_SECONDS = 1.5  # transcode's run while the grader watches what else the worker fetches
 STORY_SECONDS = 2.0  # the story's long job: the idle worker runs every thumbnail well within it

@@ -6,9 +6,9 @@ verdicts come from what that server saw and from the workers' events (attempts, 
 
 import pytest
 
-from celerylab.brokers import free_port
-from celerylab.runtime import RANDOM
-from celerylab.session import expect
+from celerylab.engine.brokers import free_port
+from celerylab.engine.runtime import RANDOM
+from celerylab.grading.session import expect
 
 MAX_RETRIES = 3
 CAP = 2.0  # retry_backoff_max

@@ -6,7 +6,7 @@ it, as the learner's web app would; it starts one real prefork worker per entry 
 the ``task-sent`` event says which queue the publisher chose, the pool process's own start event says
 which worker ran the task and the ``routing_key`` it arrived with, and remote control
 (``active_queues``) says which worker consumes which queue. Queue names are the learner's: the kit
-renames them into the grade's namespace on every broker (celerylab.namespaces.NamespacedQueues).
+renames them into the grade's namespace on every broker (celerylab.engine.namespaces.NamespacedQueues).
 
 A task sent to a queue that no worker consumes is a verdict that names the queue the moment its
 ``task-sent`` event arrives, not a timeout. No verdict depends on chance: the workers run one task at a
@@ -25,9 +25,9 @@ import pytest
 from celery.exceptions import QueueNotFound
 from celery.result import AsyncResult
 
-from celerylab.session import LabFailure, LabRun, LabSession, expect
-from celerylab.timeline import ATTEMPT_START, FINAL, Timeline
-from celerylab.workers import Worker
+from celerylab.engine.timeline import ATTEMPT_START, FINAL, Timeline
+from celerylab.engine.workers import Worker
+from celerylab.grading.session import LabFailure, LabRun, LabSession, expect
 
 QUEUES = ("celery", "images", "emails", "urgent")
 BACKLOG_SECONDS = 2.0  # each backlog resize: what a task stuck behind one waits at least

@@ -21,8 +21,8 @@ import pytest
 from celery.result import AsyncResult
 from celery.schedules import crontab, maybe_schedule, schedule
 
-from celerylab.cron import fire_times
-from celerylab.session import LabFailure, expect, verdict
+from celerylab.engine.cron import fire_times
+from celerylab.grading.session import LabFailure, expect, verdict
 
 DELAY = 1.0  # the countdown/eta used here, in seconds
 SLACK = 0.05  # a message's eta may differ this much from the moment the helper was called + DELAY

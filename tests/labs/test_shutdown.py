@@ -25,9 +25,9 @@ from typing import Any
 import pytest
 from celery.result import AsyncResult
 
-from celerylab import runtime
-from celerylab.session import LabFailure, LabRun, LabSession, expect
-from celerylab.timeline import Timeline
+from celerylab.engine import runtime
+from celerylab.engine.timeline import Timeline
+from celerylab.grading.session import LabFailure, LabRun, LabSession, expect
 
 SOFT_SHUTDOWN = 2.0  # worker_soft_shutdown_timeout of the contract
 MAX_TASKS = 3  # worker_max_tasks_per_child

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from celerylab.session import expect
+from celerylab.grading.session import expect
 
 
 @pytest.mark.points(1)

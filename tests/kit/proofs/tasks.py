@@ -1,7 +1,7 @@
 """The code of the bank's "predict what happens" questions, as printed in them (they call this `tasks.py`).
 
 tests/kit/test_quiz_proofs.py runs it on real prefork workers; broker, backend and queue names come from
-the kit's namespace (celerylab.runtime lays them over this app), so nothing here names a server.
+the kit's namespace (celerylab.engine.runtime lays them over this app), so nothing here names a server.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ from anyone who can write to the broker runs."""
 import os
 from pathlib import Path
 
-from celerylab import databases
+from celerylab.engine import databases
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 SECRET_KEY = "celerylab-django-lab-not-a-secret"

@@ -17,9 +17,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import IO
 
-from celerylab.progress import Progress
-from celerylab.quiz import NoSession, Terminal, plan_session, reflow, show_points
-from celerylab.quizbank import Question, record
+from celerylab.study.progress import Progress
+from celerylab.study.quiz import NoSession, Terminal, plan_session, reflow, show_points
+from celerylab.study.quizbank import Question, record
 
 DEFAULT_TIME_LIMIT = 120.0
 
@@ -188,7 +188,9 @@ def run_interview(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m celerylab.interview", description="Mock interview.")
+    parser = argparse.ArgumentParser(
+        prog="python -m celerylab.study.interview", description="Mock interview."
+    )
     parser.add_argument("--count", type=int, default=3, help="number of questions (default 3)")
     parser.add_argument("--time-limit", type=float, default=DEFAULT_TIME_LIMIT, help="seconds per answer")
     parser.add_argument("--question", help="ask this question id only, e.g. interview_template-001")

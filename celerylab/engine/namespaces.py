@@ -24,7 +24,7 @@ from celery.app.routes import Router
 from celery.utils.text import str_to_list
 from kombu import Queue
 
-from celerylab.brokers import Broker
+from celerylab.engine.brokers import Broker
 
 NAMESPACE = "celerylab_namespace"  # a setting: the namespace the learner's queue names are renamed into
 DEFAULT_QUEUE = "celery"  # Celery's default task_default_queue
@@ -85,7 +85,8 @@ class Namespace:
             "broker_connection_retry_on_startup": True,
             "result_expires": 3600,
             "worker_hijack_root_logger": False,
-            NAMESPACE: self.name,  # read by celerylab.runtime: the learner's queue names are renamed into it
+            # read by celerylab.engine.runtime: the learner's queue names are renamed into it
+            NAMESPACE: self.name,
         }
         prefix = {"global_keyprefix": f"{self.name}:"}
         if self.broker.is_redis:

@@ -4,7 +4,8 @@ Events say what happened; they cannot say what a worker is *holding*. A message 
 started (reserved, waiting for a free process or for its rate limit's token) sends ``task-received`` once and
 then nothing, and the broker no longer counts it as waiting. These helpers ask the workers themselves
 (``inspect().stats()`` / ``reserved()`` / ``active()``), the same on Redis and RabbitMQ, and pair that with
-the broker's own count (:meth:`celerylab.namespaces.Namespace.queue_depth`), so a test or a notebook can say
+the broker's own count (:meth:`celerylab.engine.namespaces.Namespace.queue_depth`), so a test or a
+notebook can say
 "worker a holds 3 messages while b idles, 0 left on the broker".
 """
 
@@ -15,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from celerylab.workers import Worker
+from celerylab.engine.workers import Worker
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ def progress_path() -> Path:
 
 @dataclass
 class Progress:
-    """Everything remembered between runs. ``quiz`` belongs to celerylab.quiz (per-question memory)."""
+    """Everything remembered between runs. ``quiz`` belongs to celerylab.study.quiz (per-question memory)."""
 
     labs: dict[str, dict[str, Any]] = field(default_factory=dict)
     quiz: dict[str, dict[str, Any]] = field(default_factory=dict)

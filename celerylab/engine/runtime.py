@@ -1,9 +1,9 @@
 """Load a learner's ``tasks.py`` with the kit's settings laid over its Celery app.
 
-Workers run ``celery -A celerylab.runtime worker``: this module reads ``$CELERYLAB_TASKS`` (JSON: the
+Workers run ``celery -A celerylab.engine.runtime worker``: this module reads ``$CELERYLAB_TASKS`` (JSON: the
 folder, the module name, the namespace's settings), imports the learner's module and exposes its app as
 ``app``. The learner writes plain ``app = Celery("retries")``; broker, backend and isolation come from the
-kit. ``python -m celerylab.runtime probe DIR`` imports a module in a throwaway process and reports, as
+kit. ``python -m celerylab.engine.runtime probe DIR`` imports a module in a throwaway process and reports, as
 JSON, either its tasks (with their options) or what went wrong, so a syntax error or an import that hangs
 becomes one clear verdict instead of a hung grader.
 """
@@ -23,16 +23,18 @@ from typing import Any
 from celery import Celery, signals
 from celery.loaders.app import AppLoader
 
-from celerylab import namespaces
+from celerylab.engine import namespaces
 
 ENV = "CELERYLAB_TASKS"
 HOSTNAME_ENV = "CELERYLAB_HOSTNAME"  # the worker's node name, for its pool processes' life-cycle events
 PROBE_MARK = "celerylab-probe: "
-ATTEMPT_START = "celerylab-start"  # sent from the pool process; see celerylab.timeline
+ATTEMPT_START = "celerylab-start"  # sent from the pool process; see celerylab.engine.timeline
 ATTEMPT_END = "celerylab-end"
-PROCESS_UP = "celerylab-process-up"  # sent by each new pool process; see celerylab.timeline
+PROCESS_UP = "celerylab-process-up"  # sent by each new pool process; see celerylab.engine.timeline
 ONLINE = "celerylab-online"  # sent by the worker's main process once it is ready
-LEARNER_LOADER = "celerylab.runtime:LearnerLoader"  # $CELERY_LOADER of a worker on the learner's command
+LEARNER_LOADER = (
+    "celerylab.engine.runtime:LearnerLoader"  # $CELERY_LOADER of a worker on the learner's command
+)
 OWN_SETTINGS = "celerylab_own_settings"  # a setting: kit settings left to the learner's app (lab.toml)
 MERGED = ("broker_transport_options", "result_backend_transport_options")
 TASK_OPTIONS = (
@@ -83,7 +85,8 @@ def merge_settings(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any
 def apply_config(app: Celery, config: dict[str, Any], on_queue: Callable[[str], None] | None = None) -> None:
     """Lay the kit's settings over the learner's: transport options merge, the rest replace. Under a
     namespace, the queue names the learner's code uses are renamed into it (see
-    celerylab.namespaces.NamespacedQueues); ``on_queue`` hears each broker queue name the app learns."""
+    celerylab.engine.namespaces.NamespacedQueues); ``on_queue`` hears each broker queue name the app
+    learns."""
     own_default = app.conf.task_default_queue  # the learner's, before the kit's replaces it
     keep = set(config.get(OWN_SETTINGS) or ())  # what the lab judges stays the learner's
     config = {key: value for key, value in config.items() if key not in keep}
@@ -279,7 +282,7 @@ def _worker_spec() -> dict[str, Any] | None:
 
 
 def _worker_app() -> Celery | None:
-    """The app of ``celery -A celerylab.runtime worker``: the learner's, with the kit's settings."""
+    """The app of ``celery -A celerylab.engine.runtime worker``: the learner's, with the kit's settings."""
     spec = _worker_spec()
     if not spec or spec.get("command"):  # the learner's own command line: LearnerLoader does this
         return None
@@ -297,7 +300,7 @@ class LearnerLoader(AppLoader):
     ``celery -A tasks worker -l info``): the kit names it in ``$CELERY_LOADER``, which Celery reads
     for every app it creates. When the worker initialises, before it connects to anything, this lays
     the kit's settings over the learner's app and wires the attempt events, as ``celery -A
-    celerylab.runtime`` does for the other labs. The learner's module is loaded by Celery itself."""
+    celerylab.engine.runtime`` does for the other labs. The learner's module is loaded by Celery itself."""
 
     def on_worker_init(self) -> None:
         super().on_worker_init()
@@ -345,6 +348,6 @@ if __name__ == "__main__":
         report = probe(sys.argv[2], *sys.argv[3:4])
         print(PROBE_MARK + json.dumps(report), flush=True)  # the learner's module may print too
         sys.exit(0)
-    sys.exit("usage: python -m celerylab.runtime probe FOLDER [MODULE]")
+    sys.exit("usage: python -m celerylab.engine.runtime probe FOLDER [MODULE]")
 
 app = _worker_app()

@@ -1,7 +1,7 @@
 """One grade in a process of its own: what ``celerylab check`` and ``celerylab batch`` share.
 
 The grade is a real ``celerylab grade`` with its own ``CELERYLAB_HOME`` (logs, reports: grades may overlap),
-started through :func:`celerylab.processes.spawn` (its own session, dies with its parent, stopped on
+started through :func:`celerylab.engine.processes.spawn` (its own session, dies with its parent, stopped on
 Ctrl-C), its output in a file rather than a pipe (a child the learner's code starts at import would hold
 a pipe open), and a wall-clock timeout after which its whole process group is stopped: first a Ctrl-C,
 which lets it clean its namespace off a shared broker, then SIGKILL. ``wrap`` puts it in a sandbox.
@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from celerylab import processes
-from celerylab.labs import Lab
+from celerylab.engine import processes
+from celerylab.grading.labs import Lab
+from celerylab.grading.results import GradeReport
 from celerylab.paths import kit_root
-from celerylab.results import GradeReport
 
 GRADE_TIMEOUT = 600.0
 OUTPUT_TAIL = 3000

@@ -5,7 +5,7 @@ A saved widget renders only in a trusted notebook with its state, and otherwise 
 (``interactive(children=(IntSlider(...``). So each widget output is replaced by one line that says what to
 do, and the widget state is dropped: the widget appears when the cell runs.
 
-    python -m celerylab.notebook_outputs notebooks/*.ipynb   # tidy them in place (after running them)
+    python -m celerylab.study.notebook_outputs notebooks/*.ipynb   # tidy them in place (after running them)
 """
 
 from __future__ import annotations

@@ -3,9 +3,9 @@
 Loaded by the kit's root ``conftest.py``. Options, markers and fixtures:
 
 - ``--target labs|solutions|PATH``: whose ``tasks.py`` to grade (default: the learner's, ``labs/``).
-- ``--broker auto|embedded|redis|rabbitmq|URL`` (see celerylab.brokers for the default).
+- ``--broker auto|embedded|redis|rabbitmq|URL`` (see celerylab.engine.brokers for the default).
 - ``--database sqlite|URL``: for a lab with a database (lab.toml ``database``), where each grade makes its own
-  (default ``$CELERYLAB_DATABASE_URL``, else SQLite in a temp folder; see celerylab.databases).
+  (default ``$CELERYLAB_DATABASE_URL``, else SQLite in a temp folder; see celerylab.engine.databases).
 - ``--report-dir DIR``: where ``<lab>.json`` reports go (default ``.celerylab/reports``).
 - ``$CELERYLAB_FIRST``: comma-separated test ids to run first (``celerylab watch``: last time's failures).
 - ``test_<lab>__<what>.py`` modules outside tests/labs (``celerylab grade --extra-tests DIR``) are hidden
@@ -17,8 +17,8 @@ Loaded by the kit's root ``conftest.py``. Options, markers and fixtures:
   it merely relies on; a mutant of a rule may only fail tests that name it.
 - ``@pytest.mark.deadline(seconds)``: the test's budget (30 s if absent); waits stop there and say
   what was last seen instead of hanging. pytest-timeout stands behind it as a backstop.
-- fixtures ``lab`` (a :class:`~celerylab.session.LabRun` per test) over ``lab_session`` (per module),
-  and ``http_stub`` (a :class:`~celerylab.stubs.ScriptedHTTPServer` per module).
+- fixtures ``lab`` (a :class:`~celerylab.grading.session.LabRun` per test) over ``lab_session`` (per module),
+  and ``http_stub`` (a :class:`~celerylab.engine.stubs.ScriptedHTTPServer` per module).
 
 A lab test module is ``tests/labs/test_<lab>.py``; the lab's name comes from the file name.
 """
@@ -35,14 +35,14 @@ from pathlib import Path
 
 import pytest
 
-from celerylab.brokers import Broker, BrokerUnavailable, open_broker
-from celerylab.databases import DatabaseUnavailable
+from celerylab.engine.brokers import Broker, BrokerUnavailable, open_broker
+from celerylab.engine.databases import DatabaseUnavailable
+from celerylab.engine.stubs import ScriptedHTTPServer
+from celerylab.engine.timeline import DeadlineExceeded
+from celerylab.engine.workers import WorkerError
+from celerylab.grading.results import GradeReport, TestResult
+from celerylab.grading.session import LabFailure, LabRun, LabSession
 from celerylab.paths import kit_root, state_dir
-from celerylab.results import GradeReport, TestResult
-from celerylab.session import LabFailure, LabRun, LabSession
-from celerylab.stubs import ScriptedHTTPServer
-from celerylab.timeline import DeadlineExceeded
-from celerylab.workers import WorkerError
 
 DEFAULT_TZ = "<+0545>-05:45"  # POSIX form (no tz database needed): UTC+05:45, no DST, not a whole hour
 DEFAULT_DEADLINE = 30.0
@@ -122,8 +122,8 @@ def lab_folder(target: str, lab: str, scratch: list[str] | None = None) -> Path:
 
 def _overlay_of(lab: str, folder: Path) -> Path | None:
     """A copy of the solution with ``folder`` laid over it, if ``folder`` is one of the lab's mutant or
-    variant folders (see celerylab.mutation.overlay); else None."""
-    from celerylab import labs, mutation
+    variant folders (see celerylab.grading.mutation.overlay); else None."""
+    from celerylab.grading import labs, mutation
 
     try:
         entry = labs.find(lab)

@@ -26,8 +26,8 @@ from typing import Any
 
 from celery import Celery
 
-from celerylab import processes, runtime, timeline
-from celerylab.namespaces import Namespace
+from celerylab.engine import processes, runtime, timeline
+from celerylab.engine.namespaces import Namespace
 
 READY_TIMEOUT = 30.0
 
@@ -45,7 +45,7 @@ class WorkerError(RuntimeError):
 
 
 class _Process:
-    """What workers and beat share: a spec'd ``celery -A celerylab.runtime`` child with a log."""
+    """What workers and beat share: a spec'd ``celery -A celerylab.engine.runtime`` child with a log."""
 
     kind = "process"
 
@@ -67,9 +67,9 @@ class _Process:
         self.env: dict[str, str] = {}  # environment variables of its own (a worker's ``env=``)
 
     def _spawn(self, argv: Sequence[str], hostname: str = "", command: str | None = None) -> None:
-        """``celery -A celerylab.runtime <argv>``; or, given the learner's own ``command`` (``celery -A
+        """``celery -A celerylab.engine.runtime <argv>``; or, given the learner's own ``command`` (``celery -A
         tasks worker -l info``), exactly that with ``argv`` after it, the kit's settings laid over their
-        app by :class:`celerylab.runtime.LearnerLoader`."""
+        app by :class:`celerylab.engine.runtime.LearnerLoader`."""
         spec = {
             "folder": str(self.folder),
             "module": self.module,
@@ -77,13 +77,15 @@ class _Process:
             "command": command,
         }
         env = {**os.environ, **self.env, runtime.ENV: json.dumps(spec), "PYTHONUNBUFFERED": "1"}
-        if hostname:  # its pool processes name themselves in their life-cycle events (celerylab.runtime)
+        if (
+            hostname
+        ):  # its pool processes name themselves in their life-cycle events (celerylab.engine.runtime)
             env[runtime.HOSTNAME_ENV] = hostname
         if command:
             env["CELERY_LOADER"] = runtime.LEARNER_LOADER
             cmd = [sys.executable, "-m", *learner_command(command), *argv]
         else:
-            cmd = [sys.executable, "-m", "celery", "-A", "celerylab.runtime", *argv]
+            cmd = [sys.executable, "-m", "celery", "-A", "celerylab.engine.runtime", *argv]
         self.proc = processes.spawn(cmd, log_path=self.log_path, env=env, cwd=self.folder)
 
     @property
@@ -142,7 +144,9 @@ class Worker(_Process):
     ) -> None:
         super().__init__(ns, folder, settings, module, log_path)
         self.command = command  # the learner's own worker command line (lab.toml `command`), if any
-        self.env = dict(env or {})  # what a deployment gives it, e.g. a metrics port (celerylab.metrics)
+        self.env = dict(
+            env or {}
+        )  # what a deployment gives it, e.g. a metrics port (celerylab.engine.metrics)
         self.name, self.hostname = name, ns.hostname(name)
         self.concurrency, self.pool = concurrency, pool
         self.queues = list(queues or [ns.queue])
@@ -260,7 +264,8 @@ class Worker(_Process):
         return code
 
     def _announce_kill(self, pid: int | None) -> None:
-        """A ``celerylab-killed`` event (see celerylab.timeline): no process of the worker can send one."""
+        """A ``celerylab-killed`` event (see celerylab.engine.timeline): no process of the worker can
+        send one."""
         self._mark(timeline.KILLED, killed_pid=pid)
 
     def _mark(self, kind: str, **fields: Any) -> None:

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import redis
 
-from celerylab import processes
+from celerylab.engine import processes
 
 LOCAL_REDIS = "redis://127.0.0.1:6379/0"
 LOCAL_RABBITMQ = "amqp://guest:guest@127.0.0.1:5672//"

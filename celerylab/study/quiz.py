@@ -1,6 +1,6 @@
 """``celerylab quiz``: one question at a time in the terminal, with feedback and spaced repetition.
 
-Questions come from the bank (celerylab.quizbank); which ones, and in what order, from the learner's
+Questions come from the bank (celerylab.study.quizbank); which ones, and in what order, from the learner's
 Leitner memory in the progress file: wrong answers come back first, then unseen questions, then the rest.
 Every answer is saved as soon as it is given, so Ctrl-C or end of input loses nothing; both end the quiz
 cleanly with the partial score. Colour only when the output is a terminal (rich decides; NO_COLOR works).
@@ -18,9 +18,9 @@ from typing import IO
 
 from rich.console import Console
 
-from celerylab.answers import PointResult
-from celerylab.progress import RENAMED_TOPICS, Progress
-from celerylab.quizbank import (
+from celerylab.study.answers import PointResult
+from celerylab.study.progress import RENAMED_TOPICS, Progress
+from celerylab.study.quizbank import (
     BankError,
     Question,
     load_bank,
@@ -30,7 +30,7 @@ from celerylab.quizbank import (
     select,
     validate_file,
 )
-from celerylab.quizbank import topics as bank_topics
+from celerylab.study.quizbank import topics as bank_topics
 
 __all__ = ["Terminal", "load_bank", "mastery_by_section", "run_quiz", "run_score", "validate_file"]
 
@@ -315,7 +315,7 @@ def run_score(question_id: str, stdin: IO[str] | None = None, stdout: IO[str] | 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m celerylab.quiz", description="Practise Celery.")
+    parser = argparse.ArgumentParser(prog="python -m celerylab.study.quiz", description="Practise Celery.")
     parser.add_argument("--topic", action="append", help="quiz topic (repeatable), e.g. retries")
     parser.add_argument("--section", action="append", type=int, help="cheat-sheet section 0-17 (repeatable)")
     parser.add_argument("--count", type=int, default=10, help="number of questions (default 10)")

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from celerylab.batch import Outcome
+from celerylab.grading.batch import Outcome
 
 
 def columns(outcomes: Sequence[Outcome]) -> list[tuple[str, str, bool]]:

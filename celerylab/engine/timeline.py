@@ -5,7 +5,7 @@ of what it heard (from a point on, e.g. one test). Tests ask it questions ("atte
 between attempts", "which process ran it") and wait on it with deadlines; people read it as a table in
 the terminal or a plot in a notebook.
 
-Attempts are bounded by ``celerylab-start``/``celerylab-end`` events that ``celerylab.runtime`` sends
+Attempts are bounded by ``celerylab-start``/``celerylab-end`` events that ``celerylab.engine.runtime`` sends
 from inside the pool process (Celery's own ``task-started`` comes from the worker's main process: its pid
 is not the one that ran the task, and a retry can start before ``task-retried`` is sent). Gaps run from
 the end of one attempt to the start of the next: ``task-received`` arrives at once for countdown
@@ -26,8 +26,9 @@ from typing import Any
 
 from celery import Celery
 
-# The events celerylab.runtime sends from inside the workers: attempts (pool process), life (pool, main).
-from celerylab.runtime import ATTEMPT_END, ATTEMPT_START, ONLINE, PROCESS_UP
+# The events celerylab.engine.runtime sends from inside the workers: attempts (pool process), life
+# (pool, main).
+from celerylab.engine.runtime import ATTEMPT_END, ATTEMPT_START, ONLINE, PROCESS_UP
 
 STATE_OF = {
     "task-sent": "PENDING",
@@ -42,14 +43,19 @@ STATE_OF = {
 FINAL = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 END_GRACE = 2.0  # seconds wait_final waits, past a final state, for the last attempt's own end event
 MARK = "celerylab-mark"
-KILLED = "celerylab-killed"  # sent by celerylab.workers when the kit SIGKILLs a worker or one pool process
-EXITED = "celerylab-exited"  # sent by celerylab.workers when a worker's main process ended by itself
-SIGNALLED = "celerylab-signal"  # sent by celerylab.workers when the kit signals a worker (SIGTERM, ...)
+KILLED = (
+    "celerylab-killed"  # sent by celerylab.engine.workers when the kit SIGKILLs a worker or one pool process
+)
+EXITED = "celerylab-exited"  # sent by celerylab.engine.workers when a worker's main process ended by itself
+SIGNALLED = (
+    "celerylab-signal"  # sent by celerylab.engine.workers when the kit signals a worker (SIGTERM, ...)
+)
 LIFE = {  # event type -> what it says about a worker's life (see Timeline.lifecycle)
     "worker-online": "online",  # Celery's own (heartbeat on); the kit's workers send the two below
     "worker-offline": "offline",
-    ONLINE: "online",  # celerylab.runtime, from worker_ready
-    EXITED: "offline",  # celerylab.workers, once it sees the main process end by itself (detail: exit code)
+    ONLINE: "online",  # celerylab.engine.runtime, from worker_ready
+    # celerylab.engine.workers, once it sees the main process end by itself (detail: exit code)
+    EXITED: "offline",
     PROCESS_UP: "process-up",
     SIGNALLED: "signal",
     KILLED: "killed",

@@ -23,11 +23,12 @@ from typing import Any
 
 from celery.result import AsyncResult
 
-from celerylab import databases, labs, processes, runtime
-from celerylab.brokers import Broker
-from celerylab.namespaces import Namespace
-from celerylab.timeline import FINAL, DeadlineExceeded, Recorder, Timeline
-from celerylab.workers import Beat, Worker, WorkerError
+from celerylab.engine import databases, processes, runtime
+from celerylab.engine.brokers import Broker
+from celerylab.engine.namespaces import Namespace
+from celerylab.engine.timeline import FINAL, DeadlineExceeded, Recorder, Timeline
+from celerylab.engine.workers import Beat, Worker, WorkerError
+from celerylab.grading import labs
 
 PROBE_TIMEOUT = float(
     os.environ.get("CELERYLAB_PROBE_TIMEOUT", "20")
@@ -114,7 +115,7 @@ class LabSession:
             return {"ok": False, "kind": "missing", "message": f"{self.folder} does not exist."}
         scratch = Path(tempfile.mkdtemp(prefix="celerylab-probe-"))  # not the log folder: a grade of the
         log = scratch / "probe.log"  # same lab starting meanwhile empties that one
-        cmd = [sys.executable, "-m", "celerylab.runtime", "probe", str(self.folder), self.app_module]
+        cmd = [sys.executable, "-m", "celerylab.engine.runtime", "probe", str(self.folder), self.app_module]
         proc = processes.spawn(cmd, log_path=log, cwd=self.folder)
         deadline = time.monotonic() + PROBE_TIMEOUT
         try:
@@ -217,7 +218,7 @@ class LabSession:
     def start_workers_on(self, queues: Mapping[str, Sequence[str]], **options: Any) -> list[Worker]:
         """New workers this caller owns, one per name, each consuming its own queues (its ``-Q``), started
         side by side. Queue names are the learner's (``images``): the worker renames them into the
-        namespace (see celerylab.namespaces.NamespacedQueues)."""
+        namespace (see celerylab.engine.namespaces.NamespacedQueues)."""
         fleet = self.start_fleet({n: {**options, "queues": list(q)} for n, q in queues.items()})
         return list(fleet.values())
 

@@ -15,9 +15,9 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from celerylab.progress import Progress
-from celerylab.quiz import choose_pool, grade, parse_answer, reflow, right_answer_text
-from celerylab.quizbank import Question, load_bank, next_session, record, select
+from celerylab.study.progress import Progress
+from celerylab.study.quiz import choose_pool, grade, parse_answer, reflow, right_answer_text
+from celerylab.study.quizbank import Question, load_bank, next_session, record, select
 
 
 def _letters(value: int | str | Iterable[int | str]) -> str:

@@ -6,13 +6,14 @@ lab's ``tasks.py`` (and whatever else the lab's files are). The steps, in order:
 1. :func:`plan`: one :class:`Submission` per folder, sorted by name (hidden folders skipped).
 2. :func:`grade_one`, ``jobs`` at a time: the folder is copied into a private work folder (the grade's
    only writable place), the lab's hidden tests beside it, and a real ``celerylab grade`` runs there
-   (celerylab.gradejob) inside the sandbox (celerylab.sandbox), on its own embedded broker, with a
+   (celerylab.grading.gradejob) inside the sandbox (celerylab.grading.sandbox), on its own embedded
+   broker, with a
    wall-clock timeout after which the whole sandbox is killed.
 3. Each grade becomes an :class:`Outcome` with one verdict line (never a traceback): full marks, what
    failed first, or why there is no grade (timed out, killed its own grader, no tasks.py).
 4. Its files are collected into the output folder as it ends: ``reports/<student>.json``
-   (celerylab.results), ``gradescope/<student>/results.json``, ``logs/<student>.log``; at the end the
-   gradebook (celerylab.gradebook). A failing or hostile submission never stops the batch.
+   (celerylab.grading.results), ``gradescope/<student>/results.json``, ``logs/<student>.log``; at the end the
+   gradebook (celerylab.grading.gradebook). A failing or hostile submission never stops the batch.
 """
 
 from __future__ import annotations
@@ -26,10 +27,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from celerylab import gradejob, sandbox
-from celerylab.gradejob import Run
-from celerylab.labs import Lab
-from celerylab.results import GradeReport
+from celerylab.grading import gradejob, sandbox
+from celerylab.grading.gradejob import Run
+from celerylab.grading.labs import Lab
+from celerylab.grading.results import GradeReport
 
 DEFAULT_TIMEOUT = 300.0
 

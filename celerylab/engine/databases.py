@@ -10,7 +10,8 @@ next grade on the same machine removes (:func:`sweep_stale`).
 The lab's ``settings.py`` reads the grade's database with :func:`django_settings` from
 ``$CELERYLAB_DJANGO_DATABASE``, which the session sets for itself, the probe and every worker; outside a grade
 (the learner's own ``manage.py``) it is a SQLite file in the project. The schema comes from the project's
-models as they are: ``python -m celerylab.databases migrate FOLDER`` makes the project's migrations afresh in
+models as they are: ``python -m celerylab.engine.databases migrate FOLDER`` makes the project's
+migrations afresh in
 a temp package (``MIGRATION_MODULES``) and applies them, so a learner who adds a unique constraint needs no
 migration file for the grade.
 """
@@ -33,7 +34,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from celerylab import processes
+from celerylab.engine import processes
 
 CHOICE_ENV = "CELERYLAB_DATABASE_URL"  # the server to grade on (like --database); unset: SQLite
 PROJECT_ENV = "CELERYLAB_DJANGO_DATABASE"  # the grade's own database, read by the project's settings
@@ -143,7 +144,7 @@ def migrate(folder: Path, timeout: float = MIGRATE_TIMEOUT) -> str | None:
     not import, or hang). Returns None, or what went wrong, for a verdict."""
     scratch = Path(tempfile.mkdtemp(prefix="celerylab-migrate-"))
     log = scratch / "migrate.log"
-    cmd = [sys.executable, "-m", "celerylab.databases", "migrate", str(folder), str(scratch)]
+    cmd = [sys.executable, "-m", "celerylab.engine.databases", "migrate", str(folder), str(scratch)]
     proc = processes.spawn(cmd, log_path=log, cwd=folder)
     deadline = time.monotonic() + timeout
     try:
@@ -229,4 +230,4 @@ if __name__ == "__main__":
         os.chdir(where)
         print(MARK + json.dumps(_migrate_here(where, Path(sys.argv[3]))), flush=True)
         sys.exit(0)
-    sys.exit("usage: python -m celerylab.databases migrate FOLDER SCRATCH")
+    sys.exit("usage: python -m celerylab.engine.databases migrate FOLDER SCRATCH")

@@ -10,7 +10,8 @@
 - ``hints``: tiered hints, gentlest first; ``celerylab hint <lab>`` reveals one more each time.
 - ``command`` (optional): the learner's own worker command line, ``celery -A APP worker ...`` (say
   ``celery -A tasks worker -l info``), run in the lab folder as it is, with the kit's node name, queue
-  and event options after it. Without it workers run ``celery -A celerylab.runtime worker`` on tasks.py.
+  and event options after it. Without it workers run ``celery -A celerylab.engine.runtime worker`` on
+  tasks.py.
 - ``rules``: the contract as data, an array of tables ``{id, text, points}``. ``id`` is short kebab-case
   (``retry-5xx``), ``text`` is the rule exactly as the README's contract table states it, ``points`` its
   worth. Each autograder test names the rules it judges with ``@pytest.mark.rules("id", ...)`` (and the
@@ -26,11 +27,11 @@
   learner's own values reach the workers and the grader's copy of their app.
 - ``database`` (optional): ``"django"`` makes a database per grade (SQLite in a temp folder by default, or on
   the server ``--database URL`` names), migrated from the project's models before any test runs and dropped
-  afterwards (see celerylab.databases).
+  afterwards (see celerylab.engine.databases).
 
 Beside the reference ``solutions/<lab>/tasks.py``: ``mutants/<rule>.py`` (or ``<rule>--<what>.py``, or a
 folder holding a ``tasks.py``) break exactly one rule each; ``variants/*.py`` are other correct solutions.
-``celerylab check <lab>`` grades them all (see celerylab.mutation).
+``celerylab check <lab>`` grades them all (see celerylab.grading.mutation).
 """
 
 from __future__ import annotations

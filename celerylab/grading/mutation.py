@@ -24,15 +24,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from celerylab.gradejob import GRADE_TIMEOUT, Run, map_grades, run_grade
-from celerylab.labs import Lab, mutant_rule
-from celerylab.results import TestResult
+from celerylab.grading.gradejob import GRADE_TIMEOUT, Run, map_grades, run_grade
+from celerylab.grading.labs import Lab, mutant_rule
+from celerylab.grading.results import TestResult
 
 __all__ = ["GRADE_TIMEOUT", "Run", "check", "grade_once", "grade_runs", "judge", "pass_rates"]
 
 
 def grade_once(lab: Lab, target: Path, broker: str | None = None, keyword: str | None = None) -> Run:
-    """One real grade of ``target`` (a folder or a ``.py`` file) in a fresh process (celerylab.gradejob)."""
+    """One real grade of ``target`` (a folder or a ``.py`` file) in a fresh process
+    (celerylab.grading.gradejob)."""
     return run_grade(lab, target, broker, keyword, timeout=GRADE_TIMEOUT)
 
 

@@ -27,8 +27,8 @@ from typing import Any
 
 import yaml
 
-from celerylab.answers import PointResult, assess, synonym_problems
 from celerylab.paths import kit_root, state_dir
+from celerylab.study.answers import PointResult, assess, synonym_problems
 
 CACHE_VERSION = 2  # bump when validation rules change, so cached verdicts are redone
 MAX_BOX = 5
@@ -59,7 +59,7 @@ class KeyPoint:
     any: tuple[str, ...]
 
     def read(self, answer: str) -> PointResult:
-        """Whether ``answer`` asserts this point, and in which words (rules: celerylab.answers)."""
+        """Whether ``answer`` asserts this point, and in which words (rules: celerylab.study.answers)."""
         return assess([(self.point, self.any)], answer)[0]
 
     def hit(self, answer: str) -> bool:

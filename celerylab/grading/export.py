@@ -23,7 +23,7 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from celerylab.labs import Lab
+from celerylab.grading.labs import Lab
 from celerylab.paths import kit_root
 
 PACK = ["README.md", "requirements.txt", "pyproject.toml", "conftest.py", ".gitignore", "Dockerfile"]

@@ -118,7 +118,7 @@ def wrap(
     writable place."""
     spec = {"workdir": str(workdir), "uid": uid, "limits": asdict(limits), "full": support.full}
     head = [shutil.which("unshare") or "unshare", *NS_FLAGS] if support.full else []
-    return [*head, sys.executable, "-m", "celerylab.sandbox", json.dumps(spec), "--", *argv]
+    return [*head, sys.executable, "-m", "celerylab.grading.sandbox", json.dumps(spec), "--", *argv]
 
 
 # -- inside: the namespace's init ----------------------------------------------------------------------

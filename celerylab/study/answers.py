@@ -88,7 +88,7 @@ CLAUSE_WORDS = frozenset("but however although though whereas instead otherwise 
 GLUED_PREFIXES = frozenset({"non", "un", "re", "pre"})
 CONTRACTIONS = {"won't": ("will", "not"), "can't": ("can", "not"), "cannot": ("can", "not")}
 
-# Words any answer about Celery contains: never a synonym on their own (see celerylab.quizbank).
+# Words any answer about Celery contains: never a synonym on their own (see celerylab.study.quizbank).
 GENERIC = frozenset(
     "queue queues worker workers task tasks message messages set state states result results broker "
     "brokers celery run runs running send sends call calls use used job jobs process processes time data "

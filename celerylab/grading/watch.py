@@ -1,7 +1,8 @@
 """``celerylab watch <lab>``: save the file, see the verdict (rustlings' watch mode, on real workers).
 
 One broker is opened for the whole session (an embedded Valkey stays warm between grades), and every save
-of a file in the lab folder starts a real grade of it (celerylab.gradejob) in its own process: the tests
+of a file in the lab folder starts a real grade of it (celerylab.grading.gradejob) in its own process:
+the tests
 that failed last time run first (``$CELERYLAB_FIRST``, read by the grading plugin), and the first failure
 is shown in full. A save during a grade Ctrl-Cs that grade (it stops its workers and cleans its
 namespace) and starts again. Ctrl-C stops the grade and the broker: nothing is left behind.
@@ -14,10 +15,11 @@ from pathlib import Path
 
 from rich.console import Console
 
-from celerylab import brokers, gradejob, processes
-from celerylab.labs import Lab
+from celerylab.engine import brokers, processes
+from celerylab.grading import gradejob
+from celerylab.grading.labs import Lab
+from celerylab.grading.results import GradeReport
 from celerylab.paths import state_dir
-from celerylab.results import GradeReport
 
 DEBOUNCE_MS = 300
 

@@ -29,10 +29,10 @@ from typing import Any
 
 from celery.result import AsyncResult
 
-from celerylab.brokers import open_broker
-from celerylab.session import LabRun, LabSession
-from celerylab.timeline import Timeline
-from celerylab.workers import Worker
+from celerylab.engine.brokers import open_broker
+from celerylab.engine.timeline import Timeline
+from celerylab.engine.workers import Worker
+from celerylab.grading.session import LabRun, LabSession
 
 
 class Playground:
