@@ -91,7 +91,7 @@ def pack(tmp_path_factory) -> Path:
 def test_the_starter_pack_holds_no_solution_code(pack):
     assert_no_solutions(pack)
     for part in (
-        "celerylab/grading.py",
+        "celerylab/grading/plugin.py",
         "tests/labs/test_first_task.py",
         "notebooks",
         "quiz",
