@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from celerylab import batch, gradejob, labs, sandbox  # noqa: E402
+from celerylab.grading import batch, gradejob, labs, sandbox  # noqa: E402
 
 
 def make_class(lab: labs.Lab, students: int, folder: Path) -> list[batch.Submission]:

@@ -28,7 +28,7 @@ from celery import Celery
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from celerylab import labs  # noqa: E402
+from celerylab.grading import labs  # noqa: E402
 from celerylab.engine.brokers import open_broker  # noqa: E402
 
 
