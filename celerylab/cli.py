@@ -27,6 +27,8 @@ DATABASE_HELP = (
 BROKER_HELP = (
     "embedded | redis | rabbitmq | URL; default: $CELERYLAB_BROKER_URL, else local Redis, else embedded"
 )
+FARM_QUEUE = "celerylab.farm"  # celerylab.grading.farm.DEFAULT_QUEUE (not imported: the CLI starts fast)
+FARM_QUEUE_HELP = "the farm's name on its broker: two farms on one broker never mix (default celerylab.farm)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,7 +142,47 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-hidden", action="store_true", help="leave out the kit's hidden tests (tests/hidden)")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds one grade may take (default 300)")
+    p.add_argument(
+        "--farm",
+        metavar="BROKER_URL",
+        help="grade on a farm instead of here: each submission becomes a task for the farm workers on this "
+        "redis:// or amqp:// broker (`celerylab farm worker`); their sandbox, their --jobs",
+    )
+    p.add_argument("--farm-queue", default=FARM_QUEUE, metavar="NAME", help=FARM_QUEUE_HELP)
+    p.add_argument(
+        "--farm-wait",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="with --farm: how long to wait for a farm worker to answer, at the start and whenever all go "
+        "quiet (default 60)",
+    )
     p.set_defaults(func=cmd_batch)
+
+    p = sub.add_parser("farm", help="for instructors: grade batches on Celery workers on other machines")
+    farm_sub = p.add_subparsers(metavar="WHAT", dest="farm_what", required=True)
+    f = farm_sub.add_parser(
+        "worker",
+        help="a farm worker: grades what `celerylab batch --farm` sends, each grade in its own sandbox",
+        description=(
+            "Run a Celery worker (prefork, JOBS processes) on the farm queue of BROKER_URL. Each task is one "
+            "submission, graded exactly as `celerylab batch` grades it here (its own sandbox and embedded "
+            "broker); the result goes back to the batch. A worker killed mid-grade loses nothing: the broker "
+            "gives the grade to another worker (acks_late). Run it from the same kit checkout as the batch: "
+            "a batch refuses workers on another kit. Ctrl-C: stop after the running grades; twice: now."
+        ),
+    )
+    f.add_argument("--broker", required=True, metavar="BROKER_URL", help="the farm's redis:// or amqp:// URL")
+    f.add_argument("--jobs", type=int, default=1, help="grades at a time on this machine (default 1)")
+    f.add_argument("--farm-queue", default=FARM_QUEUE, metavar="NAME", help=FARM_QUEUE_HELP)
+    f.add_argument(
+        "--sandbox",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="as for `celerylab batch`: auto (default), on (refuse to run without it), off",
+    )
+    f.add_argument("--name", help="the worker's node name (default farm<pid>@<host>)")
+    f.set_defaults(func=cmd_farm_worker)
 
     p = sub.add_parser("export", help="for instructors: a learner's starter pack, or a Gradescope autograder")
     export_sub = p.add_subparsers(metavar="WHAT", dest="export_what", required=True)
@@ -415,8 +457,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
     lab = labs.find(args.lab)
     out = Path(args.out or f"{lab.name}-gradebook").resolve()
-    support = None if args.sandbox == "off" else sandbox.detect()
-    if args.sandbox == "on" and not support.full:
+    support = None if args.sandbox == "off" or args.farm else sandbox.detect()  # a farm: its workers' own
+    if args.sandbox == "on" and support is not None and not support.full:
         console.print(f"[red]celerylab: {support.statement}; --sandbox on refuses that[/red]", soft_wrap=True)
         return 2
     hidden = gradejob.hidden_tests(lab, map(Path, args.extra_tests), kit=not args.no_hidden)
@@ -425,18 +467,40 @@ def cmd_batch(args: argparse.Namespace) -> int:
             console.print(f"[red]celerylab: no test_{lab.name}__*.py in {folder}[/red]")
             return 2
     try:
-        job = batch.Batch(lab, out, args.jobs, args.broker, support, tuple(hidden), args.timeout)
+        if args.farm:
+            from celerylab.grading import farm
+
+            job = farm.FarmBatch(
+                lab, out, hidden=tuple(hidden), timeout=args.timeout, farm=args.farm, queue=args.farm_queue
+            )
+            job.wait = args.farm_wait
+        else:
+            job = batch.Batch(lab, out, args.jobs, args.broker, support, tuple(hidden), args.timeout)
         subs = batch.plan(Path(args.submissions))
+        if args.farm:
+            console.print(f"asking the farm at {farm.redact(args.farm)} (queue {args.farm_queue})...")
+            job.connect().close()  # fail fast, before the progress display: no broker, no worker, other kit
     except batch.BatchError as exc:
         console.print(f"[red]celerylab: {exc}[/red]", soft_wrap=True)
         return 2
-    console.print(support.statement if support else "sandbox: off (--sandbox off)", soft_wrap=True)
-    console.print(
-        f"grading {len(subs)} submissions of {lab.name}, {args.jobs} at a time, broker: {args.broker}"
-        + (" (a server per submission, inside its sandbox)" if args.broker == "embedded" else "")
-        + (f"; hidden tests: {', '.join(h.name for h in hidden)}" if hidden else ""),
-        soft_wrap=True,
-    )
+    if args.farm:
+        for worker in job.workers:
+            console.print(
+                f"farm worker {worker.hostname}: {worker.jobs} at a time; {worker.sandbox}", soft_wrap=True
+            )
+        console.print(
+            f"grading {len(subs)} submissions of {lab.name} on the farm"
+            + (f"; hidden tests: {', '.join(h.name for h in hidden)}" if hidden else ""),
+            soft_wrap=True,
+        )
+    else:
+        console.print(support.statement if support else "sandbox: off (--sandbox off)", soft_wrap=True)
+        console.print(
+            f"grading {len(subs)} submissions of {lab.name}, {args.jobs} at a time, broker: {args.broker}"
+            + (" (a server per submission, inside its sandbox)" if args.broker == "embedded" else "")
+            + (f"; hidden tests: {', '.join(h.name for h in hidden)}" if hidden else ""),
+            soft_wrap=True,
+        )
     counts = {"running": 0, "failed": 0}
     bar = Bar(
         TextColumn("{task.description}"),
@@ -463,8 +527,16 @@ def cmd_batch(args: argparse.Namespace) -> int:
         )
         bar.update(task, advance=1, running=counts["running"], failed=counts["failed"])
 
+    def note(text: str) -> None:
+        colour = "yellow" if "ignored" in text or "again" in text else "dim"
+        bar.console.print(f"[{colour}]{text}[/{colour}]", soft_wrap=True)
+
     with bar:
-        outcomes = job.run(subs, on_start=started, on_done=done)
+        try:
+            outcomes = job.run(subs, on_start=started, on_done=done, on_note=note)
+        except batch.BatchError as exc:  # the farm became unusable before the first grade was sent
+            console.print(f"[red]celerylab: {exc}[/red]", soft_wrap=True)
+            return 2
     csv_path, summary_path = gradebook.write(lab.name, outcomes, out)
     console.print(
         f"gradebook: {csv_path}\nsummary:   {summary_path}\nreports:   {out}/reports/", soft_wrap=True
@@ -473,6 +545,23 @@ def cmd_batch(args: argparse.Namespace) -> int:
     if ungraded:
         console.print(f"[yellow]no grade for {len(ungraded)}: {', '.join(ungraded)}[/yellow]", soft_wrap=True)
     return 1 if ungraded else 0
+
+
+def cmd_farm_worker(args: argparse.Namespace) -> int:
+    from celerylab.grading import farm
+
+    try:
+        return farm.run_worker(
+            args.broker,
+            args.farm_queue,
+            max(1, args.jobs),
+            args.sandbox,
+            args.name,
+            say=lambda text: console.print(text, soft_wrap=True),
+        )
+    except farm.FarmError as exc:
+        console.print(f"[red]celerylab: {exc}[/red]", soft_wrap=True)
+        return 2
 
 
 def cmd_export_starter(args: argparse.Namespace) -> int:
