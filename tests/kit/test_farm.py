@@ -269,6 +269,8 @@ def test_ctrl_c_of_a_farm_batch_stops_its_grades_on_the_farm(tmp_path, home, no_
         wait_until(lambda: not grade_processes(workers), "the running grade is killed", 60)
         assert workers["solo"].poll() is None  # the farm worker itself carries on
         assert not (tmp_path / "out" / "gradebook.csv").exists()
+        said = log.read_text()
+        assert "Terminating" in said and "graded ada" not in said and "graded bo" not in said, said[-3000:]
 
 
 # -- fast: no farm worker needed ------------------------------------------------------------------------
