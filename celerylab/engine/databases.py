@@ -1,4 +1,5 @@
-"""A database per grade for a Django lab: made, migrated from the project's models, dropped.
+"""A database per grade for a Django lab (made, migrated from the project's models, dropped), or for a
+plain-SQL lab (made and dropped; its ``tasks.py`` makes its tables through :func:`sql_engine`).
 
 SQLite by default: a file in a temp folder of its own. PostgreSQL when asked (``--database
 postgresql://user@host:5432/postgres``, or ``$CELERYLAB_DATABASE_URL``): a database of its own on that server,
@@ -38,6 +39,7 @@ from celerylab.engine import processes
 
 CHOICE_ENV = "CELERYLAB_DATABASE_URL"  # the server to grade on (like --database); unset: SQLite
 PROJECT_ENV = "CELERYLAB_DJANGO_DATABASE"  # the grade's own database, read by the project's settings
+SQL_ENV = "CELERYLAB_SQL_DATABASE"  # the grade's own database for a plain-SQL lab, read by sql_engine()
 MIGRATE_TIMEOUT = float(os.environ.get("CELERYLAB_MIGRATE_TIMEOUT", "60"))
 MARK = "celerylab-migrate: "
 SQLITE_PREFIX = "celerylab-db-"
@@ -137,6 +139,25 @@ def django_settings(default_sqlite: Path | str) -> dict[str, Any]:
         "HOST": parts.hostname or "",
         "PORT": str(parts.port or ""),
     }
+
+
+def sql_engine(default_sqlite: Path | str) -> Any:
+    """A SQLAlchemy engine on the grade's database (``$CELERYLAB_SQL_DATABASE``), or on ``default_sqlite``
+    outside a grade. SQLite runs in WAL mode and waits up to 15 s for the write lock, so workers writing at
+    once queue instead of failing with "database is locked"; PostgreSQL goes through psycopg 3."""
+    from sqlalchemy import create_engine, event
+
+    url = os.environ.get(SQL_ENV) or f"sqlite://{Path(default_sqlite).resolve()}"
+    parts = urlsplit(url)
+    if parts.scheme == "sqlite":
+        engine = create_engine(f"sqlite:///{unquote(parts.path)}", connect_args={"timeout": 15})
+
+        @event.listens_for(engine, "connect")
+        def _wal(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.execute("PRAGMA journal_mode=WAL")
+
+        return engine
+    return create_engine(urlunsplit(parts._replace(scheme="postgresql+psycopg")), pool_pre_ping=True)
 
 
 def migrate(folder: Path, timeout: float = MIGRATE_TIMEOUT) -> str | None:

@@ -1,0 +1,198 @@
+"""Faults at exact points inside a worker's processes, armed by the grader, each fired once.
+
+A worker loads this module with its settings (``imports = ["celerylab.engine.faults"]``, see
+:func:`worker_settings`) and finds the grader's folder in ``$CELERYLAB_FAULTS``. The grader arms a fault by
+writing a file there (:meth:`Faults.crash`, :meth:`Faults.barrier`); the process that claims it (an atomic
+``unlink``: exactly one wins, whatever the timing) acts on it. So "the relay died after it published and
+before it marked the row sent" happens on every run, at that step and nowhere else, instead of depending on
+when a kill from outside lands.
+
+- ``crash(point, task)``: the process publishing ``task`` dies (``os._exit``, no clean-up, like SIGKILL)
+  just ``before`` the message leaves or just ``after`` the broker took it.
+- ``barrier(tables, parties)``: in each process, the first SQL statement that names one of ``tables``
+  waits until ``parties`` processes have reached theirs (or :data:`BARRIER_WAIT` passed): every copy has
+  then read before any copy writes, so a check-then-insert race is lost on every run (SQLAlchemy's engine
+  events; the barrier is only armed while the grader wants it).
+
+Every task the worker's processes publish is also written to ``published.jsonl`` there: its name, id,
+arguments and the size of its JSON body, which is what the grader judges a payload by.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+from celery import signals
+
+ENV = "CELERYLAB_FAULTS"  # the grader's folder of armed faults, in the worker's environment
+BARRIER_WAIT = 3.0  # the longest a process waits at a barrier for the others
+EXIT_CODE = 70
+LOG = "published.jsonl"
+
+
+def worker_settings() -> dict[str, Any]:
+    """The worker settings that load this module (merge them into a worker's ``settings=``)."""
+    return {"imports": [__name__]}
+
+
+class Faults:
+    """The grader's side: a folder of armed faults, given to workers as ``env={ENV: str(faults.folder)}``."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {ENV: str(self.folder)}
+
+    def crash(self, point: str, task: str) -> Path:
+        """Arm: the next process to publish ``task`` (its short name) dies ``before`` or ``after`` it."""
+        assert point in ("before", "after"), point
+        return _arm(self.folder / f"crash--{point}--{task}", "")
+
+    def barrier(self, tables: list[str], parties: int = 2) -> Path:
+        """Arm: the first statement naming one of ``tables`` in each process waits for ``parties`` of them."""
+        for path in self.folder.glob("arrived-*"):
+            path.unlink(missing_ok=True)
+        spec = {"tables": tables, "parties": parties, "round": secrets.token_hex(4)}
+        return _arm(self.folder / "barrier", json.dumps(spec))
+
+    def armed(self, path: Path) -> bool:
+        return path.exists()
+
+    def disarm(self) -> None:
+        for path in self.folder.glob("crash--*"):
+            path.unlink(missing_ok=True)
+        (self.folder / "barrier").unlink(missing_ok=True)
+
+    def published(self, task: str | None = None) -> list[dict[str, Any]]:
+        """What the workers' processes published, oldest first (``task``: its short name)."""
+        try:
+            lines = (self.folder / LOG).read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        entries = [json.loads(line) for line in lines if line.strip()]
+        sent = {e["id"] for e in entries if e.get("event") == "after"}
+        return [
+            {**e, "sent": e["id"] in sent}
+            for e in entries
+            if e.get("event") == "before" and (task is None or e["task"].rsplit(".", 1)[-1] == task)
+        ]
+
+
+def _arm(path: Path, content: str) -> Path:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(content)
+    tmp.replace(path)  # appears whole, never half-written
+    return path
+
+
+# -- the worker's side ------------------------------------------------------------------------------------
+def _folder() -> Path | None:
+    value = os.environ.get(ENV)
+    return Path(value) if value else None
+
+
+def _claim(path: Path) -> bool:
+    """Exactly one process wins an armed fault."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _maybe_crash(point: str, sender: Any) -> None:
+    folder = _folder()
+    if folder is None:
+        return
+    short = str(sender).rsplit(".", 1)[-1]
+    if _claim(folder / f"crash--{point}--{short}"):
+        os._exit(EXIT_CODE)  # no clean-up: the process is gone, as after SIGKILL
+
+
+@signals.before_task_publish.connect(weak=False)
+def _before(sender: Any = None, body: Any = None, headers: dict | None = None, **_: Any) -> None:
+    folder = _folder()
+    if folder is None:
+        return
+    args, kwargs = (), {}
+    if isinstance(body, tuple | list) and len(body) == 3:
+        args, kwargs = body[0] or (), body[1] or {}
+    entry = {
+        "event": "before",
+        "task": str(sender),
+        "id": (headers or {}).get("id"),
+        "args": args,
+        "kwargs": kwargs,
+        "bytes": len(json.dumps(body, default=repr)),
+        "pid": os.getpid(),
+        "at": time.time(),
+    }
+    _log(folder, entry)
+    _maybe_crash("before", sender)
+
+
+@signals.after_task_publish.connect(weak=False)
+def _after(sender: Any = None, headers: dict | None = None, **_: Any) -> None:
+    folder = _folder()
+    if folder is None:
+        return
+    _log(folder, {"event": "after", "id": (headers or {}).get("id")})  # the broker took it
+    _maybe_crash("after", sender)
+
+
+def _log(folder: Path, entry: dict[str, Any]) -> None:
+    line = (json.dumps(entry, default=repr) + "\n").encode()
+    fd = os.open(folder / LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, line)  # one write of a line with O_APPEND: lines of processes never interleave
+    finally:
+        os.close(fd)
+
+
+_passed: set[str] = set()  # barriers this process has been through (one arrival per process and barrier)
+
+
+def _barrier(statement: str) -> None:
+    folder = _folder()
+    if folder is None:
+        return
+    try:
+        text = (folder / "barrier").read_text()
+        spec = json.loads(text)
+    except (FileNotFoundError, ValueError):
+        return
+    key = spec["round"]
+    if key in _passed or not any(re.search(rf"\b{re.escape(t)}\b", statement, re.I) for t in spec["tables"]):
+        return
+    _passed.add(key)
+    (folder / f"arrived-{os.getpid()}").touch()
+    deadline = time.monotonic() + BARRIER_WAIT
+    while time.monotonic() < deadline:
+        if len(list(folder.glob("arrived-*"))) >= spec["parties"]:
+            return
+        time.sleep(0.005)  # polling the other processes' arrivals, bounded by the deadline above
+
+
+def _install_sql_barrier() -> None:
+    with contextlib.suppress(ImportError):  # a lab without SQLAlchemy has no SQL to hold
+        from sqlalchemy import event
+        from sqlalchemy.engine import Engine
+
+        def before(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+            _barrier(statement)
+
+        if not event.contains(Engine, "before_cursor_execute", before):
+            event.listen(Engine, "before_cursor_execute", before)
+
+
+_install_sql_barrier()
