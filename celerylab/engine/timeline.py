@@ -50,6 +50,8 @@ EXITED = "celerylab-exited"  # sent by celerylab.engine.workers when a worker's 
 SIGNALLED = (
     "celerylab-signal"  # sent by celerylab.engine.workers when the kit signals a worker (SIGTERM, ...)
 )
+BROKER = "celerylab-broker"  # noted by celerylab.grading.session: the broker stopped/started, a worker's link
+# to it cut, refused or stalled (field `what`: broker-down, broker-up, connection-cut, ...; `worker` if one)
 LIFE = {  # event type -> what it says about a worker's life (see Timeline.lifecycle)
     "worker-online": "online",  # Celery's own (heartbeat on); the kit's workers send the two below
     "worker-offline": "offline",
@@ -59,6 +61,7 @@ LIFE = {  # event type -> what it says about a worker's life (see Timeline.lifec
     PROCESS_UP: "process-up",
     SIGNALLED: "signal",
     KILLED: "killed",
+    BROKER: "broker",
 }
 OUTCOME = {"SUCCESS": "success", "RETRY": "retry", "FAILURE": "failure", "REJECTED": "rejected"}
 CANCELLED = "task-cancelled"  # the main process terminated a running task (a cold shutdown cancels them)
@@ -209,6 +212,10 @@ class Recorder:
             self.events.append(event)
             self.cond.notify_all()
 
+    def note(self, type: str, **fields: Any) -> None:
+        """An event the kit records itself, not through the broker (which may be down at that moment)."""
+        self._on_event({"type": type, "timestamp": time.time(), "hostname": "celerylab", **fields})
+
     def stop(self) -> None:
         if self._receiver is not None:
             self._receiver.should_stop = True
@@ -320,15 +327,20 @@ class Timeline:
         """Workers coming online and going offline, pool processes starting, and the signals and kills the
         kit sent, in the order they happened (of one worker, with ``hostname``)."""
         # Events the kit sends about a worker name it in `worker`; their own `pid` is the sender's.
-        kit_sent = {KILLED: "killed_pid", SIGNALLED: "signalled_pid", EXITED: "pid"}
+        kit_sent = {KILLED: "killed_pid", SIGNALLED: "signalled_pid", EXITED: "pid", BROKER: "worker"}
         out = []
         for e in self.events():
             kind = LIFE.get(e.type)
             host = e.get("worker") if e.type in kit_sent else e.hostname
+            host = (host or "broker") if e.type == BROKER else host
             if kind is None or (hostname is not None and host != hostname):
                 continue
-            pid = e.get(kit_sent.get(e.type, "pid"))
-            detail = e.get("signal") or (f"exit code {e.get('exitcode')}" if e.type == EXITED else "")
+            pid = None if e.type == BROKER else e.get(kit_sent.get(e.type, "pid"))
+            detail = (
+                e.get("signal")
+                or e.get("what")
+                or (f"exit code {e.get('exitcode')}" if e.type == EXITED else "")
+            )
             out.append(Life(kind, host, e.timestamp, pid, detail))
         return sorted(out, key=lambda life: life.timestamp)
 
@@ -563,6 +575,10 @@ class Timeline:
             elif life.kind == "offline":
                 ax.axvline(x, color="black", linestyle=":", linewidth=1)
                 ax.text(x, -0.55, f" {who} exits", fontsize=9, va="bottom")
+            elif life.kind == "broker":  # the kit stopped/started the broker or cut a worker's link
+                ax.axvline(x, color="tab:blue", linestyle="-.", linewidth=1.2)
+                target = "" if life.hostname == "broker" else f" ({who})"
+                ax.text(x, top - 0.35, f" {life.detail}{target}", color="tab:blue", fontsize=9, va="bottom")
             elif life.kind == "process-up" and (life.hostname, life.pid) in rows:
                 ax.plot([x], [rows.index((life.hostname, life.pid))], marker=">", color="black", markersize=5)
 

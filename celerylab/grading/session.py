@@ -4,6 +4,19 @@
 the import probe's verdict, an event recorder, and workers reused across tests while they stay healthy.
 ``LabRun`` (one per test): the timeline since the test began, its deadline, and helpers that turn every
 way a learner's code can go wrong into a :class:`LabFailure` that says what to do next.
+
+Broker faults (``LabRun.broker_down``, ``restart_broker``, ``cut_connection``, ``connection_down``,
+``stall_connection``), each marked on the timeline (``celerylab-broker`` events, drawn by its plot):
+- On the embedded Valkey (the one broker the kit owns) ``broker_down`` really stops the server and starts it
+  again on the same port and data folder: with ``keep_data`` every key survives (append-only file), without
+  it every queued message, unacked message and result is gone. The event recorder listens again after it.
+- On a broker the kit must not restart (a shared Redis, RabbitMQ) the down broker is played by the kit's
+  TCP proxy (celerylab.engine.proxy): every worker started with ``start_worker(name, through_proxy=True)``
+  has its connections cut and new ones refused until the block ends. Only those workers lose the broker
+  (the grader, its recorder and other workers keep theirs), and the broker keeps its messages whatever
+  ``keep_data`` says: nothing was restarted. A test that must judge the same on every broker starts the
+  workers it faults through the proxy and passes ``keep_data=True``.
+- ``cut_connection`` / ``connection_down`` / ``stall_connection`` fault one proxied worker's link only.
 """
 
 from __future__ import annotations
@@ -16,7 +29,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -26,7 +39,8 @@ from celery.result import AsyncResult
 from celerylab.engine import databases, processes, runtime
 from celerylab.engine.brokers import Broker
 from celerylab.engine.namespaces import Namespace
-from celerylab.engine.timeline import FINAL, DeadlineExceeded, Recorder, Timeline
+from celerylab.engine.proxy import Proxy
+from celerylab.engine.timeline import BROKER, FINAL, DeadlineExceeded, Recorder, Timeline
 from celerylab.engine.workers import Beat, Worker, WorkerError
 from celerylab.grading import labs
 
@@ -89,6 +103,7 @@ class LabSession:
         self.recorder = Recorder(self.ns.app("recorder")).start()
         self._reused: dict[str, Worker] = {}
         self._started: list[Worker | Beat] = []
+        self.proxies: dict[str, Proxy] = {}  # worker name -> the proxy between it and the broker
         self.worker_start_seconds = 0.0
         self._module: ModuleType | None = None
 
@@ -211,9 +226,27 @@ class LabSession:
             self._reused[worker.name] = worker
         return [self._reused[key] for key in keys]
 
-    def start_worker(self, name: str, **options: Any) -> Worker:
-        """A new worker this caller owns (stop it, or let the session do it at the end)."""
+    def start_worker(self, name: str, *, through_proxy: bool = False, **options: Any) -> Worker:
+        """A new worker this caller owns (stop it, or let the session do it at the end). ``through_proxy``:
+        its broker connections (and its result backend's, when that is the same server) go through a
+        TCP proxy the grader owns, so a test can cut, refuse or stall them (``LabRun.cut_connection``)."""
+        if through_proxy:
+            proxy = self.proxies[name] = Proxy.to(self.broker.url)
+            routed = {"broker_url": proxy.url_for(self.broker.url)}
+            if self.broker.backend_url == self.broker.url:
+                routed["result_backend"] = routed["broker_url"]
+            options = {**options, "settings": {**options.get("settings", {}), **routed}}
         return self._start_workers([name], options)[0]
+
+    def proxy_of(self, worker: Worker | str) -> Proxy:
+        """The proxy of a worker started with ``through_proxy=True``."""
+        name = worker if isinstance(worker, str) else worker.name
+        if name not in self.proxies:
+            raise RuntimeError(
+                f"worker {name} does not reach the broker through a proxy: start it with "
+                f"lab.start_worker({name!r}, through_proxy=True)"
+            )
+        return self.proxies[name]
 
     def start_workers_on(self, queues: Mapping[str, Sequence[str]], **options: Any) -> list[Worker]:
         """New workers this caller owns, one per name, each consuming its own queues (its ``-Q``), started
@@ -316,6 +349,9 @@ class LabSession:
             proc.stop()
         self._started.clear()
         self._reused.clear()
+        for proxy in self.proxies.values():
+            proxy.close()
+        self.proxies.clear()
         self.recorder.stop()
         processes.sweep_strays()  # daemons and new-session children the learner's code started
         self.ns.cleanup()
@@ -437,12 +473,125 @@ class LabRun:
                 )
             ) from None
 
+    # -- broker faults (see the module's docstring) ------------------------------------------------
+    @contextlib.contextmanager
+    def broker_down(self, *, keep_data: bool = False) -> Iterator[None]:
+        """The broker is down inside the block and up again (same port) on exit: marks ``broker-down``
+        and ``broker-up``. The embedded Valkey really stops; elsewhere the proxied workers lose it."""
+        server = self.session.broker.server
+        proxies = list(self.session.proxies.values())
+        if server is None and not proxies:
+            raise RuntimeError(
+                f"the kit may not restart the {self.session.broker.kind} broker, and no worker goes through "
+                "a proxy: start the workers to fault with lab.start_worker(name, through_proxy=True)"
+            )
+        recorder = self.session.recorder
+        how = "restart" if server is not None else "proxy"
+        recorder.note(BROKER, what="broker-down", how=how, keep_data=keep_data)
+        if server is not None:
+            server.down(keep_data=keep_data)
+        for proxy in proxies:
+            proxy.refuse()
+            proxy.cut()
+        try:
+            yield
+        finally:
+            for proxy in proxies:
+                proxy.accept()
+            if server is not None:
+                server.up()
+                self._drop_stale_connections()
+                recorder.stop()  # its connection died with the server: listen again
+                recorder.start(timeout=max(10.0, min(30.0, self.remaining())))
+            recorder.note(BROKER, what="broker-up", how=how)
+
+    def _drop_stale_connections(self) -> None:
+        """After a real restart the grader's pooled broker connections are dead sockets, and a remote-control
+        call on one fails instead of reconnecting. The pools are shared by every app on the same URL (kombu
+        keys them by connection parameters), so emptying the grader app's empties the workers' control
+        apps' too; the next use connects afresh."""
+        app = self.session.app
+        for pool in (app.amqp.producer_pool, app.pool):
+            pool.force_close_all(close_pool=False)
+            pool.setup()  # refilled with connections made on first use
+
+    def restart_broker(self, *, keep_data: bool = False) -> None:
+        """:meth:`broker_down` and straight back up."""
+        with self.broker_down(keep_data=keep_data):
+            pass
+
+    def cut_connection(self, worker: Worker) -> int:
+        """Drop every connection ``worker`` (started ``through_proxy=True``) has to the broker now; it
+        reconnects at once if it may (``broker_connection_retry``). Returns how many were dropped."""
+        cut = self.session.proxy_of(worker).cut()
+        self.session.recorder.note(BROKER, what="connection-cut", worker=worker.hostname, connections=cut)
+        return cut
+
+    @contextlib.contextmanager
+    def connection_down(self, worker: Worker) -> Iterator[Proxy]:
+        """Inside the block ``worker``'s connections are cut and new ones refused: to it, the broker is
+        down; everyone else still reaches it."""
+        proxy = self.session.proxy_of(worker)
+        self.session.recorder.note(BROKER, what="connection-down", worker=worker.hostname)
+        proxy.refuse()
+        proxy.cut()
+        try:
+            yield proxy
+        finally:
+            proxy.accept()
+            self.session.recorder.note(BROKER, what="connection-up", worker=worker.hostname)
+
+    @contextlib.contextmanager
+    def stall_connection(self, worker: Worker) -> Iterator[Proxy]:
+        """Inside the block not a byte moves between ``worker`` and the broker, yet nothing is closed: a
+        hung link, which only a heartbeat or a timeout can notice. Everything held flows on exit."""
+        proxy = self.session.proxy_of(worker)
+        self.session.recorder.note(BROKER, what="connection-stalled", worker=worker.hostname)
+        proxy.stall()
+        try:
+            yield proxy
+        finally:
+            proxy.resume()
+            self.session.recorder.note(BROKER, what="connection-resumed", worker=worker.hostname)
+
+    def wait_reconnected(self, worker: Worker, timeout: float | None = None) -> float:
+        """Until ``worker`` answers a ping again (it reconnected after a fault); returns the seconds taken.
+        Bounded by the test's deadline."""
+        limit = min(timeout if timeout is not None else self.remaining(), self.remaining())
+        begun = time.monotonic()
+        while not _answers(worker):
+            if not worker.alive:
+                raise LabFailure(
+                    verdict(
+                        f"The worker {worker.name} exited instead of reconnecting to the broker.",
+                        observed=worker.log_tail(8),
+                        hint="broker_connection_retry must stay on (the default) for a worker to survive "
+                        "a lost connection.",
+                    )
+                )
+            if time.monotonic() - begun > limit:
+                raise LabFailure(
+                    verdict(
+                        f"The worker {worker.name} did not reconnect within {limit:.0f} s.",
+                        observed=worker.log_tail(8),
+                    )
+                )
+        return time.monotonic() - begun
+
     def wait_until(self, predicate: Any, what: str, timeout: float | None = None) -> Any:
         limit = min(timeout if timeout is not None else self.remaining(), self.remaining())
         try:
             return self.timeline.wait_for(predicate, limit, what)
         except DeadlineExceeded as exc:
             raise LabFailure(verdict(f"Gave up waiting for {what}.", observed=str(exc))) from None
+
+
+def _answers(worker: Worker) -> bool:
+    """A ping that may meet a broker still coming back: an error counts as no answer."""
+    try:
+        return worker.ping(0.5)
+    except Exception:  # kombu/redis/amqp connection errors of many kinds
+        return False
 
 
 def _catalogued(lab: str) -> labs.Lab | None:
