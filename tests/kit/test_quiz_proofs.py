@@ -7,17 +7,22 @@ worker is shared by all proofs; only the acknowledgement proof starts (and kills
 
 from __future__ import annotations
 
+import json
 import re
+import secrets
 import time
 from pathlib import Path
 
 import httpx
 import pytest
+import redis
+import requests
 from celery import chain, chord, group
 from celery.canvas import _chain
 from celery.exceptions import ChordError
 
 from celerylab.engine.brokers import free_port
+from celerylab.engine.stubs import ScriptedHTTPServer
 from celerylab.grading.session import LabRun, LabSession
 from celerylab.paths import state_dir
 from celerylab.study.quizbank import load_bank
@@ -232,3 +237,41 @@ def test_prefetch_one_with_early_acks_reserves_one_more(run, proofs, tasks, clai
     assert held["early"] == (1, 1), f"early acks: (running, reserved) = {held['early']}"
     assert held["late"] == (1, 0), f"acks_late: (running, reserved) = {held['late']}"
     assert claim("prefetch-010").startswith("One task running and one reserved")
+
+
+def test_blocking_call_without_timeout_holds_the_pool(run, proofs, claim):
+    queue = proofs.ns.queue_name("silent")
+    worker = proofs.start_worker("silent", concurrency=2, queues=[queue])
+    tasks = run.module()
+    try:
+        with ScriptedHTTPServer() as server:  # accepts each request and answers nothing until it stops
+            url = server.script("/report", ["hang"])
+            calls = [tasks.fetch_report.apply_async((url,), queue=queue) for _ in range(2)]
+            assert len(server.wait_hits("/report", 2, BUDGET)) == 2, "both calls reached the server"
+            quick = [tasks.quick.apply_async((n,), queue=queue) for n in range(4)]
+            held = _held(worker, time.monotonic() + BUDGET)
+            assert held == (2, 4), f"(running, reserved) = {held}: both processes held, the rest waiting"
+            hung_up = time.time()  # leaving the block stops the server: it hangs up on both calls
+        run.wait(calls + quick)
+    finally:
+        worker.stop()
+    assert all(isinstance(r.result, requests.ConnectionError) for r in calls), [r.result for r in calls]
+    starts = [a.start for r in quick for a in run.timeline.attempts(r.id)]
+    assert len(starts) == 4 and min(starts) >= hung_up, "no quick task started before the server hung up"
+    assert claim("pitfalls-012").startswith("They wait") and "no default timeout" in claim("pitfalls-012")
+
+
+def test_large_argument_on_redis_is_base64_plus_argsrepr(run, proofs, claim):
+    if not proofs.broker.is_redis:
+        pytest.skip("the question is about kombu's Redis transport")
+    queue = proofs.ns.queue_name("parked")  # no worker consumes it: the message stays as stored
+    blob = secrets.token_hex(500_000)  # 1,000,000 characters
+    run.module().digest.apply_async((blob,), queue=queue)
+    client = redis.Redis.from_url(proofs.broker.url)
+    raw = client.lindex(f"{proofs.ns.name}:{queue}", 0)  # the list under the namespace's key prefix
+    client.close()
+    envelope = json.loads(raw)
+    assert envelope["properties"]["body_encoding"] == "base64"
+    assert 1_000 <= len(envelope["headers"]["argsrepr"]) <= 1_100, "a repr of the arguments, cut near 1 KB"
+    assert 1_000_000 * 4 / 3 < len(raw) < 1_000_000 * 4 / 3 + 4_000, len(raw)
+    assert claim("pitfalls-013").startswith("About 1.33 MB")

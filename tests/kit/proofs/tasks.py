@@ -6,6 +6,7 @@ the kit's namespace (celerylab.engine.runtime lays them over this app), so nothi
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 
@@ -134,3 +135,20 @@ def report():
     except Exception as exc:  # "never let the report crash"
         status = f"partial ({type(exc).__name__})"
     return status
+
+
+# pitfalls-012: a call with no timeout (requests has no default) on a worker with two pool processes
+@app.task
+def fetch_report(url):
+    return requests.get(url).status_code
+
+
+@app.task
+def quick(n):
+    return n
+
+
+# pitfalls-013: a large argument, parked in a queue no worker consumes
+@app.task
+def digest(blob):
+    return hashlib.sha256(blob.encode()).hexdigest()
