@@ -7,6 +7,7 @@ worker is shared by all proofs; only the acknowledgement proof starts (and kills
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 import secrets
@@ -256,6 +257,9 @@ def test_blocking_call_without_timeout_holds_the_pool(run, proofs, claim):
     finally:
         worker.stop()
     assert all(isinstance(r.result, requests.ConnectionError) for r in calls), [r.result for r in calls]
+    ends = [a.end for r in calls for a in run.timeline.attempts(r.id)]
+    assert all(end >= hung_up for end in ends), "each call lasted until the server hung up"
+    assert inspect.signature(requests.Session.request).parameters["timeout"].default is None, "no default"
     starts = [a.start for r in quick for a in run.timeline.attempts(r.id)]
     assert len(starts) == 4 and min(starts) >= hung_up, "no quick task started before the server hung up"
     assert claim("pitfalls-012").startswith("They wait") and "no default timeout" in claim("pitfalls-012")
