@@ -273,6 +273,40 @@ def test_ctrl_c_of_a_farm_batch_stops_its_grades_on_the_farm(tmp_path, home, no_
         assert "Terminating" in said and "graded ada" not in said and "graded bo" not in said, said[-3000:]
 
 
+@pytest.mark.slow  # ~1 min
+@pytest.mark.timeout(900)
+def test_a_farm_worker_stopped_with_ctrl_c_mid_grade_hands_the_grade_back(tmp_path, home, no_orphans):
+    """Ctrl-C twice (Celery's cold shutdown) on the only farm worker while it grades: it exits, nothing of
+    its grade is left, and a farm worker started afterwards grades the submission: lost by nobody."""
+    subs = make_class(tmp_path / "class", {"ada": SOLUTION})
+    queue = a_queue()
+    with farm_workers(RABBITMQ, queue, ["first"], tmp_path) as workers:
+        run = FarmRun(
+            "batch", LAB, str(subs), "--out", str(tmp_path / "out"), "--farm", RABBITMQ, "--farm-queue", queue
+        )
+        try:
+            run.wait_line(r"^ada: grading on first@", timeout=300)
+            wait_until(lambda: grade_processes(workers), "the grade's processes start", 60)
+            first, log = workers["first"], tmp_path / "first.log"
+            os.killpg(first.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole process group
+            wait_until(lambda: "Hitting Ctrl+C again" in log.read_text(), "the warm shutdown begins", 60)
+            os.killpg(first.pid, signal.SIGINT)
+            first.wait(timeout=120)
+            wait_until(lambda: not grade_processes(workers), "its grade is stopped", 60)
+            assert not list(Path(sandbox.scratch_parent()).glob(f"{farm.SCRATCH_PREFIX}{first.pid}-*"))
+            cmd = [sys.executable, "-m", "celerylab.cli", "farm", "worker", "--broker", RABBITMQ]
+            cmd += ["--farm-queue", queue, "--name", "second@%h"]
+            workers["second"] = processes.spawn(cmd, log_path=tmp_path / "second.log", cwd=ROOT)
+            run.wait_line(r"^ada: graded again on second@", timeout=300)
+            code = run.finish(timeout=600)
+        finally:
+            if run.proc.poll() is None:
+                run.proc.send_signal(signal.SIGINT)
+                run.proc.wait(60)
+    assert code == 0, run.output[-3000:]
+    assert read_gradebook(tmp_path / "out")["ada"]["score"] == str(FULL)
+
+
 # -- fast: no farm worker needed ------------------------------------------------------------------------
 def test_a_submission_travels_as_a_zip_and_comes_out_the_same(tmp_path):
     src = tmp_path / "ada"
