@@ -118,7 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
             "limits, its own uid) on its own embedded broker, and is killed after --timeout. Writes "
             "OUT/gradebook.csv, OUT/summary.json (GitHub-style autograding), OUT/reports/<student>.json, "
             "OUT/gradescope/<student>/results.json and OUT/logs/<student>.log. Exit 0 when every "
-            "submission was graded (whatever its score), 1 when some could not be."
+            "submission was graded (whatever its score), 1 when some could not be. With --farm, the grades "
+            "run on `celerylab farm worker`s elsewhere instead (each in its sandbox there); the outputs are "
+            "the same."
         ),
     )
     p.add_argument("lab", help="lab name (see `celerylab list`)")

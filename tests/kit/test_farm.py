@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+from celerylab import cli
 from celerylab.engine import processes
 from celerylab.grading import batch, farm, labs, sandbox
 from celerylab.grading.batch import Graded
@@ -404,6 +405,7 @@ def test_the_farm_is_ordinary_celery_isolated_by_its_queue_name():
         > batch.DEFAULT_TIMEOUT + farm.TIME_LIMIT_MARGIN
     )
     assert {conf["task_default_queue"], conf["control_exchange"]} == {"celerylab.farm.a"}
+    assert cli.FARM_QUEUE == farm.DEFAULT_QUEUE  # the CLI's default, not imported there (start-up time)
     amqp = farm.settings(RABBITMQ, "celerylab.farm.b")
     assert amqp["result_backend"] == "rpc://" and "broker_transport_options" not in amqp
     with pytest.raises(farm.FarmError, match="Redis/Valkey or RabbitMQ"):
