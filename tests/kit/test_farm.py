@@ -14,6 +14,7 @@ import csv
 import io
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -77,7 +78,9 @@ def wait_until(condition, what: str, timeout: float) -> None:
 
 
 @contextmanager
-def farm_workers(url: str, queue: str, names: list[str], logs: Path) -> Iterator[dict[str, subprocess.Popen]]:
+def farm_workers(
+    url: str, queue: str, names: list[str], logs: Path, env: dict[str, str] | None = None
+) -> Iterator[dict[str, subprocess.Popen]]:
     """``celerylab farm worker`` per name (through the kit's process helper: killed if the test dies), all
     answering before the test goes on; at the end every one is stopped, none of their grades is left,
     their scratch folders are gone and the farm is removed from the broker."""
@@ -86,7 +89,9 @@ def farm_workers(url: str, queue: str, names: list[str], logs: Path) -> Iterator
         for name in names:
             cmd = [sys.executable, "-m", "celerylab.cli", "farm", "worker", "--broker", url]
             cmd += ["--farm-queue", queue, "--name", f"{name}@%h"]
-            procs[name] = processes.spawn(cmd, log_path=logs / f"{name}.log", cwd=ROOT)
+            procs[name] = processes.spawn(
+                cmd, log_path=logs / f"{name}.log", cwd=ROOT, env={**os.environ, **(env or {})}
+            )
         app = farm.make_app(url, queue)
         try:
             farm.wait_for_workers(app, LAB, wait=180, count=len(names))
@@ -197,7 +202,16 @@ def test_two_farm_workers_give_the_local_batchs_gradebook(tmp_path, home, no_orp
         assert all(w.poll() is None for w in workers.values()), "a farm worker died"
     expected = read_gradebook(tmp_path / "local")
     assert expected["s1-solution"]["score"] == str(FULL) and expected["s2-skeleton"]["score"] == "1"
-    assert without_seconds(read_gradebook(tmp_path / "farm")) == without_seconds(expected)
+    local, farmed = without_seconds(expected), without_seconds(read_gradebook(tmp_path / "farm"))
+    differ = {
+        student: {
+            k: (v, farmed.get(student, {}).get(k))
+            for k, v in row.items()
+            if farmed.get(student, {}).get(k) != v
+        }
+        for student, row in local.items()
+    }
+    assert farmed == local, f"(local, farm) where they differ: {differ}\n{run.output[-3000:]}"
     for sub in ("reports", "gradescope"):
         assert sorted(p.name for p in (tmp_path / "farm" / sub).iterdir()) == sorted(
             p.name for p in (tmp_path / "local" / sub).iterdir()
@@ -208,9 +222,10 @@ def test_two_farm_workers_give_the_local_batchs_gradebook(tmp_path, home, no_orp
     }
     assert {m.group(1) for m in where.values() if m} == {"one", "two"}, run.output[-3000:]
     assert "network, mount and PID namespaces" in run.output  # the farm workers said how they sandbox
-    assert not any(
-        p.exists() for p in (ROOT, Path(probe["home"]), Path("/tmp")) for p in [p / probe["marker"]]
-    )
+    written = [
+        place for place in (ROOT, Path(probe["home"]), Path("/tmp")) if (place / probe["marker"]).exists()
+    ]
+    assert not written, f"a submission wrote outside its farm sandbox: {written}"
 
 
 @pytest.mark.slow  # ~1-2 min
@@ -306,6 +321,37 @@ def test_a_farm_worker_stopped_with_ctrl_c_mid_grade_hands_the_grade_back(tmp_pa
                 run.proc.wait(60)
     assert code == 0, run.output[-3000:]
     assert read_gradebook(tmp_path / "out")["ada"]["score"] == str(FULL)
+
+
+@pytest.mark.slow  # ~15 s: one farm worker's start
+@pytest.mark.timeout(600)
+def test_a_batch_refuses_a_farm_worker_on_another_kit(tmp_path, home, no_orphans):
+    """A farm worker whose checkout grades the lab otherwise (its lab.toml differs): the batch refuses the
+    farm before sending anything, naming the worker and what differs."""
+    other = tmp_path / "other-kit"
+    for part in ("celerylab", "labs", "tests/labs"):
+        shutil.copytree(ROOT / part, other / part, ignore=shutil.ignore_patterns("__pycache__"))
+    toml = other / "labs" / LAB / "lab.toml"
+    toml.write_text(toml.read_text() + "\n# an older copy of the lab\n")
+    make_class(tmp_path / "class", {"ada": SOLUTION})
+    queue = a_queue()
+    with farm_workers(REDIS, queue, ["old"], tmp_path, env={"CELERYLAB_ROOT": str(other)}):
+        done = run_celerylab(
+            "batch",
+            LAB,
+            str(tmp_path / "class"),
+            "--out",
+            str(tmp_path / "out"),
+            "--farm",
+            REDIS,
+            "--farm-queue",
+            queue,
+        )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert re.search(rf"refusing to grade .* old@\S+: lab {LAB} \w+ \(this batch: \w+\)", done.stdout), (
+        done.stdout
+    )
+    assert not (tmp_path / "out").exists()
 
 
 # -- fast: no farm worker needed ------------------------------------------------------------------------
@@ -447,11 +493,21 @@ def test_no_farm_worker_is_said_after_a_bounded_wait(tmp_path, home):
     queue = a_queue()
     try:
         done = run_celerylab(
-            "batch", LAB, str(tmp_path / "class"), "--farm", REDIS, "--farm-queue", queue, "--farm-wait", "2"
+            "batch",
+            LAB,
+            str(tmp_path / "class"),
+            "--out",
+            str(tmp_path / "out"),
+            "--farm",
+            REDIS,
+            "--farm-queue",
+            queue,
+            "--farm-wait",
+            "2",
         )
     finally:
         farm.remove(REDIS, queue)
     assert done.returncode == 2, done.stdout + done.stderr
     assert f"no farm worker answered on queue {queue}" in done.stdout
     assert f"celerylab farm worker --broker {REDIS} --farm-queue {queue}" in done.stdout
-    assert not (tmp_path / "ada-gradebook").exists()
+    assert not (tmp_path / "out").exists()
