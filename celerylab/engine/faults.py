@@ -9,13 +9,18 @@ when a kill from outside lands.
 
 - ``crash(point, task)``: the process publishing ``task`` dies (``os._exit``, no clean-up, like SIGKILL)
   just ``before`` the message leaves or just ``after`` the broker took it.
+- ``hold(task)``: the process publishing ``task`` stops just before the message leaves, says so
+  (:meth:`Faults.wait_held`), and goes on once the grader calls :meth:`Faults.release`: the grader can
+  stop the broker at exactly that moment.
 - ``barrier(tables, parties)``: in each process, the first SQL statement that names one of ``tables``
   waits until ``parties`` processes have reached theirs (or :data:`BARRIER_WAIT` passed): every copy has
   then read before any copy writes, so a check-then-insert race is lost on every run (SQLAlchemy's engine
   events; the barrier is only armed while the grader wants it).
 
 Every task the worker's processes publish is also written to ``published.jsonl`` there: its name, id,
-arguments and the size of its JSON body, which is what the grader judges a payload by.
+arguments and the size of its JSON body, which is what the grader judges a payload by; and the end of every
+task they run (``task_postrun``, in the pool process: it needs no broker), so the grader knows a task
+returned or raised even while the broker is down (:meth:`Faults.ended`).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from celery import signals
 
 ENV = "CELERYLAB_FAULTS"  # the grader's folder of armed faults, in the worker's environment
 BARRIER_WAIT = 3.0  # the longest a process waits at a barrier for the others
+HOLD_MAX = 60.0  # the longest a held publish waits for the grader's release
 EXIT_CODE = 70
 LOG = "published.jsonl"
 
@@ -65,6 +71,42 @@ class Faults:
         spec = {"tables": tables, "parties": parties, "round": secrets.token_hex(4)}
         return _arm(self.folder / "barrier", json.dumps(spec))
 
+    def hold(self, task: str) -> Path:
+        """Arm: the next process to publish ``task`` waits just before it (see :meth:`wait_held`)."""
+        (self.folder / f"release--{task}").unlink(missing_ok=True)
+        (self.folder / f"held--{task}").unlink(missing_ok=True)
+        return _arm(self.folder / f"hold--{task}", "")
+
+    def wait_held(self, task: str, timeout: float, unless_ended: str | None = None) -> bool:
+        """True once a process is held before publishing ``task``; False if none was within ``timeout``, or
+        once the task run ``unless_ended`` (the one expected to publish it) ended without."""
+        held = self.folder / f"held--{task}"
+        _wait_for(lambda: held.exists() or (unless_ended and self.ended(unless_ended)), timeout)
+        return held.exists()
+
+    def release(self, task: str) -> None:
+        (self.folder / f"hold--{task}").unlink(missing_ok=True)  # unclaimed: nobody is held any more
+        _arm(self.folder / f"release--{task}", "")
+
+    def ended(self, task_id: str, timeout: float = 0.0) -> dict[str, Any] | None:
+        """The end of a task run in a worker's process (``{"state": "SUCCESS"|"FAILURE"|..., "error"}``),
+        waiting up to ``timeout``; None if it has not ended."""
+        found: list[dict[str, Any]] = []
+
+        def look() -> bool:
+            found[:] = [e for e in self._entries() if e.get("event") == "postrun" and e["id"] == task_id]
+            return bool(found)
+
+        _wait_for(look, timeout)
+        return found[-1] if found else None
+
+    def _entries(self) -> list[dict[str, Any]]:
+        try:
+            lines = (self.folder / LOG).read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        return [json.loads(line) for line in lines if line.strip()]
+
     def armed(self, path: Path) -> bool:
         return path.exists()
 
@@ -75,17 +117,22 @@ class Faults:
 
     def published(self, task: str | None = None) -> list[dict[str, Any]]:
         """What the workers' processes published, oldest first (``task``: its short name)."""
-        try:
-            lines = (self.folder / LOG).read_text().splitlines()
-        except FileNotFoundError:
-            return []
-        entries = [json.loads(line) for line in lines if line.strip()]
+        entries = self._entries()
         sent = {e["id"] for e in entries if e.get("event") == "after"}
         return [
             {**e, "sent": e["id"] in sent}
             for e in entries
             if e.get("event") == "before" and (task is None or e["task"].rsplit(".", 1)[-1] == task)
         ]
+
+
+def _wait_for(predicate: Any, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)  # polling files the workers' processes write, bounded by the deadline above
+    return True
 
 
 def _arm(path: Path, content: str) -> Path:
@@ -139,6 +186,19 @@ def _before(sender: Any = None, body: Any = None, headers: dict | None = None, *
     }
     _log(folder, entry)
     _maybe_crash("before", sender)
+    short = str(sender).rsplit(".", 1)[-1]
+    if _claim(folder / f"hold--{short}"):
+        (folder / f"held--{short}").touch()
+        _wait_for(lambda: (folder / f"release--{short}").exists(), HOLD_MAX)
+
+
+@signals.task_postrun.connect(weak=False)
+def _ended(task_id: str | None = None, state: str | None = None, retval: Any = None, **_: Any) -> None:
+    folder = _folder()
+    if folder is None:
+        return
+    error = f"{type(retval).__name__}: {str(retval)[:200]}" if isinstance(retval, BaseException) else None
+    _log(folder, {"event": "postrun", "id": task_id, "state": state, "error": error, "pid": os.getpid()})
 
 
 @signals.after_task_publish.connect(weak=False)

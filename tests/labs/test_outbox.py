@@ -498,3 +498,55 @@ def test_messages_carry_ids_not_the_order(lab, shop, worker):
         "apply_order must apply the order's effect from the database (one ledger row of its amount).",
         observed=f"ledger rows: {shop.effects(order_id)}",
     )
+
+
+# -- the broker goes down while the relay publishes --------------------------------------------------------
+
+OUTAGE_WAIT = 40.0  # the longest the broker stays down waiting for the relay's run to end
+
+
+@pytest.mark.points(2)
+@pytest.mark.deadline(120)
+@pytest.mark.rules("broker-outage", needs=["relay-delivers", "publish-then-mark"])
+def test_broker_down_while_relay_publishes_then_delivered(lab, shop, worker):
+    """The broker stops while the relay publishes and starts again: the next run delivers the order, once"""
+    shop.settle_outbox()
+    order_id, _ = shop.place(lab, 5100)
+    queue = lab.ns.queue_name("relay")
+    lab.start_worker(  # the relay's own worker, whose broker the grader takes away (the Valkey, or a proxy)
+        "relay",
+        through_proxy=True,
+        concurrency=1,
+        queues=[queue],
+        settings={**faults.worker_settings(), "task_ignore_result": True},  # no result to store mid-outage
+        env=shop.faults.env,
+    )
+    shop.faults.hold(CONSUMER)
+    run = lab.send(RELAY, queue=queue)
+    expect(
+        shop.faults.wait_held(CONSUMER, min(30.0, lab.remaining()), unless_ended=run.id),
+        "relay_outbox published no apply_order for the unsent row.",
+        observed=f"relay_outbox: {lab.timeline.describe(run.id)}; outbox rows: {shop.outbox(order_id)}",
+    )
+    with lab.broker_down(keep_data=True):  # the Valkey stopped (same port after), or the relay's link cut
+        shop.faults.release(CONSUMER)  # the held publish goes on, against a broker that is gone
+        ended = shop.faults.ended(run.id, min(OUTAGE_WAIT, lab.remaining()))
+    expect(
+        ended is not None,
+        "relay_outbox did not return while the broker was down: it hangs on the publish.",
+        observed=f"still running after {OUTAGE_WAIT:.0f} s without a broker",
+        hint="let the publish fail (Celery gives up after its retry policy) and the task end with the error.",
+    )
+    outage = f"the relay's run during the outage ended {ended['state']}" + (
+        f" ({ended['error']})" if ended.get("error") else ""
+    )
+    state = relay(lab)  # the broker is back: the next run, as the relay's beat entry would send it
+    judge_once(
+        lab,
+        shop,
+        order_id,
+        5100,
+        f"The broker went down while the relay published ({outage}), then came back",
+        "a publish that raised sent nothing: leave the row unsent (let the error end the run, or stop and "
+        f"retry later) so the next run publishes it; never mark a row whose publish failed. Next: {state}",
+    )
