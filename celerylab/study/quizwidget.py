@@ -1,8 +1,11 @@
 """A quiz any notebook can embed: ``QuizWidget(topic="retries", count=5)`` as a cell's last line.
 
-It asks the same bank, with the same spaced repetition and progress file, as ``celerylab quiz``. Besides
-the buttons it has a programmatic path - ``answer(...)``, ``check()``, ``next()`` - so tests (and
-headless notebook runs) can drive it without a browser.
+It asks the same bank, with the same spaced repetition and progress file, as ``celerylab quiz``, and talks
+like the buttons it shows (the terminal's "type a letter" would not). The bank's text is Markdown
+(`acks_late`, *emphasis*), rendered as such. Open interview questions need a timer, a rubric and a confirm
+step: the widget says which ones the topic has and that ``celerylab interview`` asks them. Besides the
+buttons it has a programmatic path - ``answer(...)``, ``check()``, ``next()`` - so tests (and headless
+notebook runs) can drive it without a browser.
 """
 
 from __future__ import annotations
@@ -14,10 +17,25 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import ipywidgets as widgets
+from markdown_it import MarkdownIt
 
 from celerylab.study.progress import Progress
 from celerylab.study.quiz import choose_pool, grade, parse_answer, reflow, right_answer_text
 from celerylab.study.quizbank import Question, load_bank, next_session, record, select
+
+_MARKDOWN = MarkdownIt("commonmark", {"html": False})  # the bank's raw HTML, if any, is shown as text
+ASK = {  # what to do when Check is pressed with nothing chosen, in the widget's own terms
+    "single": "Pick one of the letters above, then press Check.",
+    "predict": "Pick one of the letters above, then press Check.",
+    "multi": "Tick every right letter above (one or more), then press Check.",
+    "truefalse": "Pick True or False, then press Check.",
+    "short": "Write a short answer in the box (a few words), then press Check.",
+}
+
+
+def markdown(text: str, inline: bool = False) -> str:
+    """The bank's Markdown as HTML (`code`, *emphasis*, links); hard-wrapped YAML lines join up."""
+    return _MARKDOWN.renderInline(reflow(text)) if inline else _MARKDOWN.render(reflow(text))
 
 
 def _letters(value: int | str | Iterable[int | str]) -> str:
@@ -40,9 +58,12 @@ class QuizWidget(widgets.VBox):
         rng: random.Random | None = None,
     ) -> None:
         names = [topic] if isinstance(topic, str) else list(topic) if topic else None
-        pool, problem = choose_pool(load_bank(), names, sections)
+        bank = load_bank()
+        pool, problem = choose_pool(bank, names, sections)
         if problem:
             raise ValueError(problem)
+        topics = {q.topic for q in pool}
+        self.open_questions = [q for q in bank if q.kind == "open" and q.topic in topics]
         self.progress = progress or Progress.load()
         self.remember = remember
         self.questions: list[Question] = select(pool, self.progress.quiz, count, rng)
@@ -68,7 +89,10 @@ class QuizWidget(widgets.VBox):
         self._update_score()
         if q is None:
             self.header.value = "<b>Quiz finished.</b>"
-            self.prompt.value = "Run the cell again for more questions; missed ones come back first."
+            self.prompt.value = (
+                "<p>Run the cell again for more questions; missed ones come back first.</p>"
+                + self._open_questions_html()
+            )
             self.inputs.children = ()
             self.check_button.disabled = self.next_button.disabled = True
             return
@@ -79,12 +103,25 @@ class QuizWidget(widgets.VBox):
         )
         code = f"<pre>{html.escape(q.code)}</pre>" if q.code else ""
         choices = "".join(
-            f"<div>{letter}) {html.escape(reflow(c))}</div>"
+            f"<div><b>{letter})</b> {markdown(c, inline=True)}</div>"
             for letter, c in zip(string.ascii_lowercase, q.choices, strict=False)
         )
-        self.prompt.value = f"<p><b>{html.escape(reflow(q.prompt))}</b></p>{code}{choices}"
+        self.prompt.value = f"<div style='font-weight:600'>{markdown(q.prompt)}</div>{code}{choices}"
         self.inputs.children = self._input_widgets(q)
         self.check_button.disabled, self.next_button.disabled = False, True
+
+    def _open_questions_html(self) -> str:
+        """Where the open questions are: they need a timer, a rubric and a confirm step (the terminal's)."""
+        if not self.open_questions:
+            return ""
+        ids = ", ".join(f"<code>{html.escape(q.id)}</code>" for q in self.open_questions)
+        first = html.escape(self.open_questions[0].id)
+        return (
+            f"<p>Open interview questions on this topic ({ids}) are answered out loud, not ticked: in a "
+            "terminal, "
+            f"<code>celerylab interview --question {first}</code> times your answer, scores it against the "
+            "rubric, shows the points it found and lets you confirm or correct them.</p>"
+        )
 
     @staticmethod
     def _input_widgets(q: Question) -> tuple[widgets.Widget, ...]:
@@ -128,8 +165,10 @@ class QuizWidget(widgets.VBox):
         if q is None or self.check_button.disabled:
             return None
         parsed, problem = parse_answer(q, self._typed(q))
-        if problem:
-            self.feedback.value = f"<span style='color:#b58900'>{html.escape(problem)}</span>"
+        if problem:  # the terminal's words ("type a letter") would not fit buttons
+            self.feedback.value = (
+                f"<span style='color:#b58900'>{html.escape(ASK.get(q.kind, problem))}</span>"
+            )
             return None
         ok = grade(q, parsed)
         self.checked, self.right = self.checked + 1, self.right + ok
@@ -142,7 +181,7 @@ class QuizWidget(widgets.VBox):
         return ok
 
     def _feedback_html(self, q: Question, parsed: Any, ok: bool) -> str:
-        wrong = f"<b style='color:#c62828'>Not quite.</b> {html.escape(right_answer_text(q))}"
+        wrong = f"<b style='color:#c62828'>Not quite.</b> {markdown(right_answer_text(q), inline=True)}"
         verdict = "<b style='color:#2e7d32'>Right!</b>" if ok else wrong
         parts = [verdict]
         if q.kind == "short":
@@ -154,10 +193,10 @@ class QuizWidget(widgets.VBox):
                     parts.append(f"✗ missing: {html.escape(r.point)} - negated in {said}")
                 else:
                     parts.append(f"✗ missing: {html.escape(r.point)}")
-        parts.append(html.escape(reflow(q.explanation)))
-        if where := q.where_to_read():
-            parts.append(f"<small>Read more: {html.escape(where)}</small>")
-        return "<br>".join(parts)
+        head = "<br>".join(parts)
+        where = q.where_to_read()
+        read = f"<small>Read more: {html.escape(where)}</small>" if where else ""
+        return f"{head}{markdown(q.explanation)}{read}"
 
     def next(self) -> None:
         if self.current is not None:

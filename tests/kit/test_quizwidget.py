@@ -13,8 +13,7 @@ import pytest
 from nbclient import NotebookClient
 
 from celerylab.study.progress import Progress
-from celerylab.study.quiz import reflow
-from celerylab.study.quizwidget import QuizWidget
+from celerylab.study.quizwidget import QuizWidget, markdown
 from tests.kit.quizdrive import ROOT, right_input, trust_bank, wrong_input
 
 NOTEBOOK = ROOT / "notebooks" / "00_interview_prep.ipynb"
@@ -56,7 +55,7 @@ def test_every_kind_scores_right_and_wrong(home):
         assert quiz.check() is right, q.id
         expected_right += right
         assert ("Right!" in quiz.feedback.value) is right
-        assert html.escape(reflow(q.explanation)) in quiz.feedback.value
+        assert markdown(q.explanation) in quiz.feedback.value
         assert quiz.check_button.disabled and not quiz.next_button.disabled
         quiz.next()
     assert quiz.current is None and quiz.check() is None
@@ -66,12 +65,44 @@ def test_every_kind_scores_right_and_wrong(home):
     assert saved[quiz.questions[1].id]["box"] == 1 and saved[quiz.questions[0].id]["box"] == 2
 
 
-def test_check_without_an_answer_asks_for_one(home):
-    quiz = QuizWidget(topic="acks", count=1, remember=False)
-    assert quiz.check() is None
-    assert "Type" in quiz.feedback.value and not quiz.check_button.disabled
-    assert quiz.score.value == "Score: 0/0"
+def test_check_without_an_answer_asks_for_one_in_the_widgets_terms(home):
+    """The terminal says "Type one letter, from a to d"; a widget has buttons, boxes and a text field."""
+    quiz = QuizWidget(topic="retries", count=50, remember=False, rng=random.Random(5))
+    asked = {}
+    while quiz.current is not None:
+        if quiz.current.kind not in asked:
+            assert quiz.check() is None and not quiz.check_button.disabled
+            asked[quiz.current.kind] = html.unescape(quiz.feedback.value)
+        quiz.next()
+    assert set(asked) == {"single", "multi", "truefalse", "short", "predict"}
+    assert not any("Type" in said for said in asked.values()), asked
+    assert "Pick one of the letters" in asked["single"] and "Tick every right letter" in asked["multi"]
+    assert "True or False" in asked["truefalse"] and "Write a short answer" in asked["short"]
+    assert quiz.score.value == "Score: 0/0 - done"
     assert not (home / "progress.json").exists()
+
+
+def test_markdown_in_questions_and_explanations_is_rendered(home):
+    """The bank writes `acks_late` and *emphasis*: the widget shows code and emphasis, not backticks."""
+    quiz = QuizWidget(topic="first_task", count=50, remember=False)
+    with_code = [q for q in quiz.questions if "`" in q.prompt]
+    assert with_code, "the topic has a question with `code` in its prompt"
+    while quiz.current is not with_code[0]:
+        quiz.next()
+    assert "<code>" in quiz.prompt.value and "`" not in quiz.prompt.value
+    quiz.answer(0)
+    quiz.check()
+    assert "<code>" in quiz.feedback.value or "`" not in quiz.current.explanation
+    assert markdown("a `b` <i>c</i>") == "<p>a <code>b</code> &lt;i&gt;c&lt;/i&gt;</p>\n"  # raw HTML is text
+
+
+def test_the_finished_quiz_says_where_the_open_questions_are(home):
+    quiz = QuizWidget(topic="scheduling", count=1, remember=False)
+    assert len(quiz.open_questions) == 2 and all(q.kind == "open" for q in quiz.open_questions)
+    quiz.next()
+    assert "celerylab interview --question scheduling-" in quiz.prompt.value
+    assert all(q.id in quiz.prompt.value for q in quiz.open_questions)
+    assert QuizWidget(topic="acks", count=1, remember=False).open_questions == []  # acks has none
 
 
 def test_sections_and_unknown_topic(home):
