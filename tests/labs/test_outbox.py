@@ -382,6 +382,47 @@ def test_one_relay_run_delivers_every_unsent_order(lab, shop, worker):
         )
 
 
+# -- the consumer applies each message once (first, while both pool processes are fresh) -------------
+
+
+@pytest.mark.points(1.5)
+@pytest.mark.deadline(60)
+@pytest.mark.rules("dedupe", needs=["relay-delivers"])
+def test_two_copies_at_once_apply_once(lab, shop, worker):
+    """Two copies of one message at once (2 processes): one effect, both succeed"""
+    shop.settle_outbox()
+    order_id, _ = shop.place(lab, 2500)
+    rows = shop.outbox(order_id)
+    expect(rows, no_publish(shop, order_id), observed=f"order {order_id}")
+    message_id = rows[0][0]
+    shop.mark_sent(message_id)  # the grader delivers it twice itself
+    shop.faults.barrier(["processed_messages", "ledger"], parties=2)
+    copies = [lab.send(CONSUMER, message_id, order_id) for _ in range(2)]
+    try:
+        lab.wait(copies, 40.0)
+    finally:
+        shop.faults.disarm()
+    effects = shop.effects(order_id)
+    states = [lab.timeline.describe(c.id) for c in copies]
+    expect(
+        len(effects) == 1,
+        f"Two copies of message {message_id} ran at once; the order's effect was applied {len(effects)}x.",
+        expected="one ledger row",
+        observed=f"ledger rows: {effects}; copies: {'; '.join(states)}",
+        hint="record the message id where it is the primary key, in the effect's transaction: the second "
+        "copy's INSERT fails (or does nothing with ON CONFLICT DO NOTHING). A look-up first is "
+        "check-then-act: both copies look before either writes."
+        if effects
+        else "apply_order(message_id, order_id) must read the order and write its ledger row.",
+    )
+    expect(
+        all(lab.timeline.state(c.id) == "SUCCESS" for c in copies),
+        "Both copies must succeed: the duplicate is absorbed, not an error.",
+        observed="; ".join(states),
+        hint="catch the IntegrityError of the duplicate id and return.",
+    )
+
+
 # -- publish, then mark ------------------------------------------------------------------------------------
 
 
@@ -438,44 +479,6 @@ def test_relay_dies_after_publishing_duplicate_is_absorbed(lab, shop, worker):
         "The relay died after publishing and before marking the row sent, so the row was published again",
         "record each message id in a dedupe table whose key is unique, in the same transaction as the "
         "effect: the second copy finds it and returns.",
-    )
-
-
-@pytest.mark.points(1.5)
-@pytest.mark.deadline(60)
-@pytest.mark.rules("dedupe", needs=["relay-delivers"])
-def test_two_copies_at_once_apply_once(lab, shop, worker):
-    """Two copies of one message at once (2 processes): one effect, both succeed"""
-    shop.settle_outbox()
-    order_id, _ = shop.place(lab, 2500)
-    rows = shop.outbox(order_id)
-    expect(rows, no_publish(shop, order_id), observed=f"order {order_id}")
-    message_id = rows[0][0]
-    shop.mark_sent(message_id)  # the grader delivers it twice itself
-    shop.faults.barrier(["processed_messages", "ledger"], parties=2)
-    copies = [lab.send(CONSUMER, message_id, order_id) for _ in range(2)]
-    try:
-        lab.wait(copies, 40.0)
-    finally:
-        shop.faults.disarm()
-    effects = shop.effects(order_id)
-    states = [lab.timeline.describe(c.id) for c in copies]
-    expect(
-        len(effects) == 1,
-        f"Two copies of message {message_id} ran at once; the order's effect was applied {len(effects)}x.",
-        expected="one ledger row",
-        observed=f"ledger rows: {effects}; copies: {'; '.join(states)}",
-        hint="record the message id where it is the primary key, in the effect's transaction: the second "
-        "copy's INSERT fails (or does nothing with ON CONFLICT DO NOTHING). A look-up first is "
-        "check-then-act: both copies look before either writes."
-        if effects
-        else "apply_order(message_id, order_id) must read the order and write its ledger row.",
-    )
-    expect(
-        all(lab.timeline.state(c.id) == "SUCCESS" for c in copies),
-        "Both copies must succeed: the duplicate is absorbed, not an error.",
-        observed="; ".join(states),
-        hint="catch the IntegrityError of the duplicate id and return.",
     )
 
 
