@@ -9,11 +9,12 @@
     pg.close()                        # optional: it also happens when the kernel shuts down
 
 ``start()`` again (e.g. from a widget with new settings) replaces the worker; ``mark()`` starts a fresh
-timeline so a plot shows only the latest run. A playground lives as long as its kernel: after
-``close()`` (a notebook's last cell, "Run All" included) a widget that uses it again gets it back, with
-the tasks.py it last wrote and the worker options it last started, so no cell order breaks a widget.
-At interpreter exit (a kernel shut down from JupyterLab) it stops its workers and removes its scratch
-folder and every key, queue and binding of its namespace.
+timeline so a plot shows only the latest run; ``status()`` says what it waits for right now (a worker's
+first ping, which tasks, where each one stands), for a widget's progress line. A playground lives as
+long as its kernel: after ``close()`` (a notebook's last cell, "Run All" included) a widget that uses it
+again gets it back, with the tasks.py it last wrote and the worker options it last started, so no cell
+order breaks a widget. At interpreter exit (a kernel shut down from JupyterLab) it stops its workers and
+removes its scratch folder and every key, queue and binding of its namespace.
 """
 
 from __future__ import annotations
@@ -24,15 +25,33 @@ import shutil
 import tempfile
 import textwrap
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from celery.result import AsyncResult
 
 from celerylab.engine.brokers import open_broker
-from celerylab.engine.timeline import Timeline
+from celerylab.engine.timeline import FINAL, Timeline
 from celerylab.engine.workers import Worker
 from celerylab.grading.session import LabRun, LabSession
+
+
+class _NotebookRun(LabRun):
+    """A LabRun that tells its playground what it waits for (``Playground.status``)."""
+
+    def __init__(self, session: LabSession, deadline: float, playground: Playground) -> None:
+        super().__init__(session, deadline)
+        self.playground = playground
+
+    def wait(self, results: AsyncResult | Iterable[AsyncResult], timeout: float | None = None) -> None:
+        results = [results] if isinstance(results, AsyncResult) else list(results)
+        with self.playground._doing("waiting for", [r.id for r in results]):
+            super().wait(results, timeout)
+
+    def wait_until(self, predicate: Any, what: str, timeout: float | None = None) -> Any:
+        with self.playground._doing(f"waiting for {what}"):
+            return super().wait_until(predicate, what, timeout)
 
 
 class Playground:
@@ -44,6 +63,7 @@ class Playground:
         self.session: LabSession | None = None
         self.run: LabRun | None = None
         self._stack: contextlib.ExitStack | None = None
+        self._now: tuple[str, list[str]] | None = None  # what it waits for (status()), and on which tasks
         self._open()
         atexit.register(self.close)  # a kernel shut down without the last cell leaves nothing either
 
@@ -83,12 +103,52 @@ class Playground:
         self._close_session()
         self._last_start = {"concurrency": concurrency, "deadline": deadline, **worker_options}
         self.session = LabSession(self.label, self.folder, self.broker, self._scratch / "logs")
-        self.run = LabRun(self.session, deadline)
-        return self.session.worker(concurrency=concurrency, **worker_options)
+        self.run = _NotebookRun(self.session, deadline, self)
+        with self._doing("starting a worker (ready when it answers a ping)"):
+            return self.session.worker(concurrency=concurrency, **worker_options)
 
     def worker(self, name: str, **worker_options: Any) -> Worker:
         """Another worker in the same namespace (e.g. to show two workers sharing a queue)."""
-        return self._run().session.start_worker(name, **worker_options)
+        run = self._run()
+        with self._doing(f"starting worker {name} (ready when it answers a ping)"):
+            return run.session.start_worker(name, **worker_options)
+
+    @contextlib.contextmanager
+    def _doing(self, what: str, uuids: list[str] | None = None) -> Iterator[None]:
+        before, self._now = self._now, (what, uuids or [])
+        try:
+            yield
+        finally:
+            self._now = before
+
+    def status(self) -> str:
+        """What the playground waits for now, in a line ("" when idle): e.g. ``waiting for 2 of 4 tasks:
+        fetch[3f2a1c] try 2 due in 1.4 s; fetch[9b0e11] running try 3``. Safe to call from another
+        thread while a cell waits."""
+        now, run = self._now, self.run
+        if now is None:
+            return ""
+        what, uuids = now
+        if not uuids or run is None:
+            return what
+        timeline = run.timeline
+        left = [u for u in uuids if timeline.state(u) not in FINAL]
+        if not left:
+            return f"{what} the workers' last events"
+        names = timeline.names()
+        shown = []
+        for uuid in left[:3]:
+            name = names.get(uuid, "task").rsplit(".", 1)[-1]
+            tries, eta = timeline.attempts(uuid), timeline.pending_eta(uuid)
+            if eta is not None:
+                where = f"try {len(tries) + 1} due in {max(0.0, eta - time.time()):.1f} s"
+            elif tries and tries[-1].outcome == "running":
+                where = f"running try {len(tries)}"
+            else:
+                where = (timeline.state(uuid) or "in the queue").lower()
+            shown.append(f"{name}[{uuid[:6]}] {where}")
+        more = f" (+{len(left) - len(shown)} more)" if len(left) > len(shown) else ""
+        return f"{what} {len(left)} of {len(uuids)} task(s): " + "; ".join(shown) + more
 
     def _run(self) -> LabRun:
         if self.run is None and self._last_start is not None:  # closed by a later cell: start it again
@@ -114,7 +174,7 @@ class Playground:
 
     def mark(self, deadline: float = 120.0) -> Timeline:
         """Forget earlier events: the timeline starts now."""
-        self.run = LabRun(self._run().session, deadline)
+        self.run = _NotebookRun(self._run().session, deadline, self)
         return self.run.timeline
 
     def send(self, task: str, *args: Any, **options: Any) -> AsyncResult:

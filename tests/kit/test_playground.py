@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+import time
 from pathlib import Path
 
 import redis
@@ -82,3 +84,58 @@ def test_a_kernel_shut_down_mid_notebook_leaves_no_worker_folder_or_key(tmp_path
     assert all(is_gone(pid) for pid in state["pids"]), "a worker outlived its kernel"
     assert not Path(state["scratch"]).exists(), "the scratch folder outlived its kernel"
     assert namespace_keys(state["url"], state["namespace"]) == [], "the namespace's keys outlived its kernel"
+
+
+def test_status_says_what_a_wait_is_waiting_for(no_orphans):
+    """A widget's progress line: which tasks, and where each one stands (here: a countdown not yet due)."""
+    pg = Playground(broker="redis")
+    try:
+        pg.write_tasks(ADD)
+        assert pg.status() == ""
+        pg.start(concurrency=1)
+        result = pg.send("add", 2, 3, countdown=3)
+        seen: list[str] = []
+        waiter = threading.Thread(target=pg.wait, args=(result,))
+        waiter.start()
+        deadline = time.monotonic() + 30
+        while "due in" not in (line := pg.status()) and time.monotonic() < deadline:
+            seen.append(line)
+            time.sleep(0.05)  # polling what a progress line polls
+        waiter.join(30)
+        assert "waiting for 1 of 1 task(s): add[" in line and "try 1 due in" in line, seen[-3:]
+        assert pg.status() == "" and result.get(timeout=5) == 5
+    finally:
+        pg.close()
+
+
+def test_explorer_labels_in_full_runs_once_at_display_and_shows_progress():
+    from ipywidgets import Checkbox, IntSlider
+
+    from celerylab.study import explorer as module
+    from celerylab.study.explorer import Explorer
+
+    calls, shown = [], []
+
+    def run(visibility_timeout=2, acks_late=True):
+        calls.append((visibility_timeout, acks_late))
+        if len(calls) == 2:  # the second run holds its caller until the progress line shows the status
+            deadline = time.monotonic() + 10
+            while "waiting for the rescue" not in widget.progress.value and time.monotonic() < deadline:
+                time.sleep(0.05)
+            shown.append(widget.progress.value)
+        return len(calls)
+
+    widget = Explorer(run, status=lambda: "waiting for the rescue worker", visibility_timeout=(1, 6))
+    assert calls == [(2, True)] and widget.result == 1  # the defaults' run, inside the widget's output
+    slider, box = widget.kwargs_widgets
+    assert isinstance(slider, IntSlider) and isinstance(box, Checkbox)
+    assert slider.style.description_width == "initial" and slider.description == "visibility_timeout"
+    assert widget.children[-2] is widget.progress and widget.children[-3].description == "Run"
+    module.SHOW_AFTER = 0.0  # show it at once
+    try:
+        widget.manual_button.click()
+    finally:
+        module.SHOW_AFTER = 1.0
+    assert calls[-1] == (2, True) and widget.result == 2
+    assert "running for" in shown[0] and "waiting for the rescue worker" in shown[0], shown
+    assert "run 2 took" in widget.progress.value
