@@ -125,10 +125,15 @@ class Shop:
 
 
 def _names(p: dict[str, Any], message_ids: set[int], order_id: int) -> bool:
-    values = [*p["args"], *p["kwargs"].values()]
-    if values and values[0] in message_ids or p["kwargs"].get("message_id") in message_ids:
-        return True
-    return any(v == order_id or (isinstance(v, dict) and order_id in v.values()) for v in values)
+    """Is this apply_order message the order's? By its message id (the first argument), or, when the order
+    has no outbox row, by an argument that is the order's id (or a dict of the order)."""
+    args, kwargs = list(p["args"]), dict(p["kwargs"])
+    first = kwargs.pop("message_id") if "message_id" in kwargs else (args.pop(0) if args else None)
+    if message_ids:
+        return first in message_ids
+    return any(
+        v == order_id or (isinstance(v, dict) and v.get("id") == order_id) for v in [*args, *kwargs.values()]
+    )
 
 
 @pytest.fixture(scope="module")
