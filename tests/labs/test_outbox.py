@@ -145,7 +145,8 @@ def shop(request: pytest.FixtureRequest, lab_session: LabSession) -> Iterator[Sh
         database = databases.create(request.config.getoption("--database"))
     except databases.DatabaseUnavailable as exc:
         raise LabFailure(str(exc)) from None
-    folder = Path(tempfile.mkdtemp(prefix="celerylab-faults-"))
+    # named like the grade's SQLite folders (owner pid first), so a grade killed outright has it swept too
+    folder = Path(tempfile.mkdtemp(prefix=f"{databases.SQLITE_PREFIX}{os.getpid()}-faults-"))
     engines: list[Engine] = []
     try:
         os.environ[databases.SQL_ENV] = database.url  # the grader's import and every worker read it
