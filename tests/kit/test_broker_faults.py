@@ -8,6 +8,7 @@ running (provoked, not hoped for).
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ import redis
 
 from celerylab.engine.brokers import Broker, embedded_valkey, open_broker
 from celerylab.engine.namespaces import Namespace
+from celerylab.engine.proxy import Proxy
 from celerylab.grading.session import LabRun, LabSession
 from tests.kit.conftest import is_gone
 
@@ -93,6 +95,48 @@ def _wait(condition, what: str, timeout: float = BUDGET) -> None:
 
 def _faults(run: LabRun) -> list[tuple[str, str]]:
     return [(life.detail, life.hostname) for life in run.timeline.lifecycle() if life.kind == "broker"]
+
+
+# -- the proxy on its own -------------------------------------------------------------------------------
+
+
+def _ping(sock: socket.socket) -> bytes:
+    """One PING over a raw socket: b"+PONG\\r\\n", or b"" when the proxy dropped the connection."""
+    try:
+        sock.sendall(b"PING\r\n")
+        return sock.recv(64)
+    except OSError:  # a reset
+        return b""
+
+
+def test_the_proxy_relays_cuts_refuses_and_holds_bytes():
+    with open_broker("redis") as broker, Proxy.to(broker.url) as proxy:
+        url = proxy.url_for("amqp://guest:pw@127.0.0.1:5672//")
+        assert url == f"amqp://guest:pw@127.0.0.1:{proxy.port}//"  # credentials and vhost kept
+        first = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
+        assert _ping(first) == b"+PONG\r\n" and proxy.accepted == 1
+        assert proxy.cut() == 1 and proxy.cut_connections == 1
+        assert _ping(first) == b""  # the cut connection fails at once, it does not hang
+        proxy.refuse()
+        refused = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
+        assert _ping(refused) == b""
+        _wait(lambda: proxy.refused == 1, "refusal counted", 5)
+        proxy.accept()
+        held = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
+        assert _ping(held) == b"+PONG\r\n" and proxy.accepted == 2
+        proxy.stall()
+        held.sendall(b"PING\r\n")
+        held.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            held.recv(64)  # held in the proxy, not lost
+        proxy.resume()
+        held.settimeout(5)
+        assert (
+            held.recv(64) == b"+PONG\r\n" and proxy.cut_connections == 1
+        )  # same connection, nothing dropped
+        for sock in (first, refused, held):
+            sock.close()
+    assert proxy.active == 0
 
 
 # -- the embedded Valkey, restarted for real --------------------------------------------------------------
