@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from celery import Celery
 
@@ -64,6 +65,9 @@ LIFE = {  # event type -> what it says about a worker's life (see Timeline.lifec
     BROKER: "broker",
 }
 OUTCOME = {"SUCCESS": "success", "RETRY": "retry", "FAILURE": "failure", "REJECTED": "rejected"}
+# Text size of the plot, in points: at the default 100 dpi a 10 in wide figure is shown unscaled in a
+# notebook, and 10 pt reads at 100 % zoom.
+FONT = 10
 CANCELLED = "task-cancelled"  # the main process terminated a running task (a cold shutdown cancels them)
 
 
@@ -454,7 +458,7 @@ class Timeline:
 
     def first_arg(self, uuid: str) -> str | None:
         """What the task was sent with, for a label a learner recognises: its first argument (``/down-0``,
-        a page number), read from the ``task-sent``/``task-received`` event's ``args`` repr."""
+        a page number; of a URL, its path), read from the ``task-sent``/``task-received`` event's ``args``."""
         for event in self.events(uuid=uuid):
             if event.type in ("task-sent", "task-received") and event.get("args") is not None:
                 try:
@@ -462,7 +466,10 @@ class Timeline:
                 except (ValueError, SyntaxError):
                     return None
                 if isinstance(args, list | tuple) and args:
-                    return str(args[0])[:24]
+                    first = str(args[0])
+                    if first.startswith(("http://", "https://")):  # the host is the same on every bar
+                        first = urlsplit(first).path or first
+                    return first[:24]
                 return None
         return None
 
@@ -471,11 +478,13 @@ class Timeline:
         ax: Any = None,
         title: str | None = None,
         life: bool = True,
-        label: Callable[[Attempt], str] | None = None,
+        label: Callable[[Attempt], str] | str | None = None,
     ) -> Any:
         """One row per worker process, one bar per attempt; dotted lines join a retry to its next try.
-        A bar is labelled ``label(attempt)`` (default: the task's first argument, its id as the table shows
-        it, the attempt number); an attempt too short to see (a 20 ms lost one) gets a marker too.
+        A bar is labelled ``label(attempt)`` (default, or ``"arg"``: the task's first argument, its id as the
+        table shows it, the attempt number; ``"name"``: the task's name instead of the argument); an attempt
+        too short to see (a 20 ms lost one) gets a marker too. A label that would run past the end of the
+        axis ends there instead.
         With ``life``, the signals and kills the kit sent are vertical lines across the plot, a worker going
         offline a dotted one, and a pool process starting a triangle at the start of its row. The legend
         sits right of the axes, where it covers nothing."""
@@ -484,7 +493,7 @@ class Timeline:
         attempts = [a for u in self.task_ids() for a in self.attempts(u)]
         if ax is None:
             _, ax = plt.subplots(
-                figsize=(11, 1.4 + 0.55 * max(1, len({(a.hostname, a.pid) for a in attempts})))
+                figsize=(10, 1.6 + 0.7 * max(1, len({(a.hostname, a.pid) for a in attempts})))
             )
         if not attempts:
             ax.set_title(title or "no task has started yet")
@@ -501,21 +510,21 @@ class Timeline:
             "lost": "tab:gray",
             "cancelled": "tab:purple",
         }
-        if label is None:
-            args = {u: self.first_arg(u) for u in self.task_ids()}
+        if label is None or isinstance(label, str):
+            args = {u: self.first_arg(u) for u in self.task_ids()} if label in (None, "arg") else {}
 
             def label(a: Attempt) -> str:
                 what = args.get(a.uuid)
                 return f"{what or a.name.rsplit('.', 1)[-1]} [{a.uuid[:6]}]#{a.number}"
 
         lo = min([0.0] + [life.timestamp - t0 for life in self.lifecycle()]) if life else 0.0
-        char = (span - lo) * 0.08 / 8  # about one character at fontsize 9, in seconds, on a ~8 in wide axis
+        char = (span - lo) * 0.09 / 7.5  # about one character at FONT, in seconds, on a ~7.5 in wide axis
         label_end: dict[tuple[int, int], float] = {}  # (row, level) -> where the last label there ends
         for a in sorted(attempts, key=lambda a: a.start):
             y = rows.index((a.hostname, a.pid))
             width = (a.end or now) - a.start
             colour = colours.get(a.outcome, "tab:gray")
-            ax.barh(y, max(width, span / 400), left=a.start - t0, color=colour, edgecolor="black")
+            ax.barh(y, max(width, span / 400), height=0.6, left=a.start - t0, color=colour, edgecolor="black")
             if width < span / 80:  # a sliver: a marker makes it visible, whatever the axis' length
                 ax.plot(
                     [a.start - t0],
@@ -533,7 +542,15 @@ class Timeline:
             )
             x = max(x, label_end.get((y, level), -1e9))
             label_end[(y, level)] = x + char * (len(text) + 1)
-            ax.text(x, y + (0.32 if level == 0 else -0.48), text, fontsize=9)
+            right = x + char * len(text) > span  # it would run into the legend: end it at the axis' end
+            ax.text(
+                span if right else x,
+                y + (0.32 if level == 0 else -0.32),  # in the gap above the bar, or below it
+                text,
+                fontsize=FONT,
+                va="bottom" if level == 0 else "top",
+                ha="right" if right else "left",
+            )
         for uuid in self.task_ids():
             tries = self.attempts(uuid)
             for a, b in zip(tries, tries[1:], strict=False):
@@ -541,44 +558,54 @@ class Timeline:
                     ya, yb = rows.index((a.hostname, a.pid)), rows.index((b.hostname, b.pid))
                     ax.plot([a.end - t0, b.start - t0], [ya, yb], ":", color="tab:orange")
         if life:
-            self._plot_life(ax, rows, t0)
-        ax.set_yticks(range(len(rows)), [f"{h.split('@')[0]} pid {p}" for h, p in rows], fontsize=9)
-        ax.set_ylim(-0.75, len(rows) - 0.1)
-        ax.set_ylabel("worker, pool process", fontsize=9)
-        ax.set_xlabel("time since the first attempt started (s)", fontsize=10)
-        ax.tick_params(axis="x", labelsize=9)
+            self._plot_life(ax, rows, t0, char)
+        ax.set_yticks(range(len(rows)), [f"{h.split('@')[0]} pid {p}" for h, p in rows], fontsize=FONT)
+        ax.set_ylim(-0.75, len(rows) + 0.1)
+        ax.set_ylabel("worker, pool process", fontsize=FONT)
+        ax.set_xlabel("time since the first attempt started (s)", fontsize=FONT + 1)
+        ax.tick_params(axis="x", labelsize=FONT)
         handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colours.values()]
         ax.legend(
             handles,
             list(colours),
             loc="center left",
             bbox_to_anchor=(1.01, 0.5),
-            fontsize=9,
+            fontsize=FONT,
             frameon=False,
             title="attempt",
-            title_fontsize=9,
+            title_fontsize=FONT,
         )
-        ax.set_title(title or "task attempts per worker process", fontsize=11)
+        ax.set_title(title or "task attempts per worker process", fontsize=FONT + 2)
         ax.figure.tight_layout()
         return ax
 
-    def _plot_life(self, ax: Any, rows: list[tuple[str, int | None]], t0: float) -> None:
-        """The markers of :meth:`plot`: what the kit did to the workers and what they did about it."""
-        top = len(rows) - 0.4
+    def _plot_life(self, ax: Any, rows: list[tuple[str, int | None]], t0: float, char: float = 0.0) -> None:
+        """The markers of :meth:`plot`: what the kit did to the workers and what they did about it. Signals
+        sent within a label's width of each other share one label (three pool processes killed at once)."""
+        top = len(rows) - 0.3
+        said: list[list[Any]] = []  # [x, signal, worker, [pids], text artist] of the signal labels so far
         for life in self.lifecycle():
             x, who = life.timestamp - t0, life.hostname.split("@")[0]
             if life.kind in ("signal", "killed"):
                 label = life.detail if life.kind == "signal" else "SIGKILL"
-                target = who if life.pid is None else f"{who} pid {life.pid}"
                 ax.axvline(x, color="tab:red", linestyle="--", linewidth=1.2)
-                ax.text(x, top, f" {label} -> {target}", color="tab:red", fontsize=9, va="bottom")
+                last = said[-1] if said else None
+                if last and last[1:3] == [label, who] and x - last[0] < char * 24 and life.pid and last[3]:
+                    last[3].append(life.pid)  # the same signal to another process of the worker, just after
+                    last[4].set_text(f" {label} -> {who} pids {', '.join(map(str, last[3]))}")
+                    continue
+                target = who if life.pid is None else f"{who} pid {life.pid}"
+                text = ax.text(x, top, f" {label} -> {target}", color="tab:red", fontsize=FONT, va="bottom")
+                said.append([x, label, who, [life.pid] if life.pid else [], text])
             elif life.kind == "offline":
                 ax.axvline(x, color="black", linestyle=":", linewidth=1)
-                ax.text(x, -0.55, f" {who} exits", fontsize=9, va="bottom")
+                ax.text(x, -0.55, f" {who} exits", fontsize=FONT, va="bottom")
             elif life.kind == "broker":  # the kit stopped/started the broker or cut a worker's link
                 ax.axvline(x, color="tab:blue", linestyle="-.", linewidth=1.2)
                 target = "" if life.hostname == "broker" else f" ({who})"
-                ax.text(x, top - 0.35, f" {life.detail}{target}", color="tab:blue", fontsize=9, va="bottom")
+                ax.text(
+                    x, top - 0.35, f" {life.detail}{target}", color="tab:blue", fontsize=FONT, va="bottom"
+                )
             elif life.kind == "process-up" and (life.hostname, life.pid) in rows:
                 ax.plot([x], [rows.index((life.hostname, life.pid))], marker=">", color="black", markersize=5)
 

@@ -81,3 +81,36 @@ def test_saved_notebooks_keep_plots_and_no_widget_reprs():
     notebooks/*.ipynb``)."""
     untidy = [p.name for p in NOTEBOOKS if not is_tidy(nbformat.read(p, as_version=4))]
     assert not untidy, f"run `python -m celerylab.study.notebook_outputs notebooks/*.ipynb`: {untidy}"
+
+
+def test_tidy_keeps_what_a_widgets_output_showed():
+    """explore() draws its first run inside the widget: the stored notebook keeps that plot and text
+    (after the placeholder line), not the widget, and never an error."""
+    from celerylab.study.notebook_outputs import PLACEHOLDER, STATE, WIDGET, tidy
+
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("control = explore(run, max_retries=(1, 4))")
+    cell.outputs = [nbformat.v4.new_output("display_data", data={WIDGET: {"model_id": "box"}})]
+    nb.cells.append(cell)
+    error = {"output_type": "error", "ename": "E", "evalue": "x", "traceback": []}
+    plot = {"output_type": "display_data", "data": {"image/png": "iVBOR"}, "metadata": {}}
+    text = {"output_type": "stream", "name": "stdout", "text": "waits before each retry (s): [[1.0]]\n"}
+    nb.metadata["widgets"] = {
+        STATE: {
+            "state": {
+                "box": {
+                    "model_name": "VBoxModel",
+                    "state": {"children": ["IPY_MODEL_slider", "IPY_MODEL_out"]},
+                },
+                "slider": {"model_name": "IntSliderModel", "state": {"value": 3}},
+                "out": {"model_name": "OutputModel", "state": {"outputs": [text, plot, error]}},
+            }
+        }
+    }
+    tidy(nb)
+    assert is_tidy(nb)
+    assert [o.get("text") or o.get("data") for o in cell.outputs] == [
+        {"text/plain": PLACEHOLDER},
+        text["text"],
+        plot["data"],
+    ]
