@@ -99,16 +99,17 @@ def farm_workers(
             app.close()
         yield procs
     finally:
+        stopped = [proc for proc in procs.values() if proc.poll() is None]  # not those the test SIGKILLed
         for proc in procs.values():
             processes.kill_group(proc, signal.SIGTERM, wait=60)  # warm shutdown: its scratch folder goes
         farm.remove(url, queue)
     wait_until(lambda: not grade_processes(procs), "the farm workers' grades all gone", 30)
-    left = [
-        p
-        for proc in procs.values()
-        for p in Path(sandbox.scratch_parent()).glob(f"{farm.SCRATCH_PREFIX}{proc.pid}-*")
-    ]
+    left = [folder for proc in stopped for folder in scratch_folders(proc)]
     assert not left, f"scratch folders left: {left}"
+
+
+def scratch_folders(proc: subprocess.Popen) -> list[Path]:
+    return list(Path(sandbox.scratch_parent()).glob(f"{farm.SCRATCH_PREFIX}{proc.pid}-*"))
 
 
 class FarmRun:
@@ -260,6 +261,7 @@ def test_a_farm_worker_killed_mid_grade_loses_nothing_and_counts_once(tmp_path, 
     assert {s: row["score"] for s, row in book.items()} == expected, run.output[-3000:]
     with (tmp_path / "out" / "gradebook.csv").open() as f:
         assert [row["student"] for row in csv.DictReader(f)] == ["ada", "bo"]  # one row each
+    assert not scratch_folders(workers["kill1"])  # swept by kill2 before it graded the submission again
     log = (tmp_path / "out" / "logs" / f"{victim}.log").read_text()
     assert re.search(r"^graded on kill2@\S+ \(redelivered\)$", log, re.M), log[:500]
     assert "ignored" not in run.output  # nothing arrived twice: the killed grade never reported
@@ -321,6 +323,46 @@ def test_a_farm_worker_stopped_with_ctrl_c_mid_grade_hands_the_grade_back(tmp_pa
                 run.proc.wait(60)
     assert code == 0, run.output[-3000:]
     assert read_gradebook(tmp_path / "out")["ada"]["score"] == str(FULL)
+
+
+@pytest.mark.slow  # ~30 s
+@pytest.mark.timeout(600)
+def test_a_batch_whose_farm_goes_quiet_says_so_instead_of_hanging(tmp_path, home, no_orphans):
+    """The only farm worker is SIGKILLed mid-grade: after --farm-wait seconds without an answer the batch
+    stops waiting, gives each outstanding submission a verdict that says why, and exits 1."""
+    subs = make_class(tmp_path / "class", {"ada": SOLUTION, "bo": SOLUTION})
+    queue = a_queue()
+    with farm_workers(REDIS, queue, ["only"], tmp_path) as workers:
+        killed = workers["only"]
+        run = FarmRun(
+            "batch",
+            LAB,
+            str(subs),
+            "--out",
+            str(tmp_path / "out"),
+            "--farm",
+            REDIS,
+            "--farm-queue",
+            queue,
+            "--farm-wait",
+            "5",
+        )
+        try:
+            run.wait_line(r"^ada: grading on only@", timeout=300)
+            processes.kill_group(killed, signal.SIGKILL)
+            code = run.finish(timeout=300)
+        finally:
+            if run.proc.poll() is None:
+                run.proc.send_signal(signal.SIGINT)
+                run.proc.wait(60)
+    left = scratch_folders(killed)
+    with farm_workers(REDIS, a_queue(), ["sweeper"], tmp_path):  # a SIGKILLed worker's folder: the next
+        assert left and not any(folder.exists() for folder in left)  # farm worker started here removes it
+    assert code == 1, run.output[-3000:]
+    book = read_gradebook(tmp_path / "out")
+    assert sorted(book) == ["ada", "bo"]
+    for row in book.values():
+        assert row["score"] == "0" and row["verdict"].startswith("no grade: no farm worker answered for 5 s")
 
 
 @pytest.mark.slow  # ~15 s: one farm worker's start
