@@ -458,14 +458,15 @@ class Timeline:
 
     def first_arg(self, uuid: str) -> str | None:
         """What the task was sent with, for a label a learner recognises: its first argument (``/down-0``,
-        a page number; of a URL, its path), read from the ``task-sent``/``task-received`` event's ``args``."""
+        a page number; of a URL, its path; None for a list or dict), read from the ``task-sent`` or
+        ``task-received`` event's ``args``."""
         for event in self.events(uuid=uuid):
             if event.type in ("task-sent", "task-received") and event.get("args") is not None:
                 try:
                     args = ast.literal_eval(event.get("args"))
                 except (ValueError, SyntaxError):
                     return None
-                if isinstance(args, list | tuple) and args:
+                if isinstance(args, list | tuple) and args and isinstance(args[0], str | int | float):
                     first = str(args[0])
                     if first.startswith(("http://", "https://")):  # the host is the same on every bar
                         first = urlsplit(first).path or first
@@ -481,10 +482,10 @@ class Timeline:
         label: Callable[[Attempt], str] | str | None = None,
     ) -> Any:
         """One row per worker process, one bar per attempt; dotted lines join a retry to its next try.
-        A bar is labelled ``label(attempt)`` (default, or ``"arg"``: the task's first argument, its id as the
-        table shows it, the attempt number; ``"name"``: the task's name instead of the argument); an attempt
-        too short to see (a 20 ms lost one) gets a marker too. A label that would run past the end of the
-        axis ends there instead.
+        A bar is labelled ``label(attempt)``: by default (or ``"arg"``) the task's first argument, after its
+        name when the plot has several tasks, with its id as the table shows it and the attempt number;
+        ``"name"``: the task's name instead of the argument. A label that would run past the axis ends
+        there; an attempt too short to see (a 20 ms lost one) gets a marker too.
         With ``life``, the signals and kills the kit sent are vertical lines across the plot, a worker going
         offline a dotted one, and a pool process starting a triangle at the start of its row. The legend
         sits right of the axes, where it covers nothing."""
@@ -512,10 +513,12 @@ class Timeline:
         }
         if label is None or isinstance(label, str):
             args = {u: self.first_arg(u) for u in self.task_ids()} if label in (None, "arg") else {}
+            several = len({a.name for a in attempts}) > 1  # then the name too: `page 3`, `merge`
 
             def label(a: Attempt) -> str:
-                what = args.get(a.uuid)
-                return f"{what or a.name.rsplit('.', 1)[-1]} [{a.uuid[:6]}]#{a.number}"
+                name, what = a.name.rsplit(".", 1)[-1], args.get(a.uuid)
+                head = name if what is None else f"{name} {what}" if several else what
+                return f"{head} [{a.uuid[:6]}]#{a.number}"
 
         lo = min([0.0] + [life.timestamp - t0 for life in self.lifecycle()]) if life else 0.0
         char = (span - lo) * 0.09 / 7.5  # about one character at FONT, in seconds, on a ~7.5 in wide axis
@@ -536,13 +539,15 @@ class Timeline:
                     zorder=3,
                 )
             # Above the bar, else below it; when both are taken, where a label ends first, moved past it.
-            text, x = label(a), a.start - t0
+            # One that would run past the axis' end (into the legend) ends there instead.
+            text = label(a)
+            x = min(a.start - t0, span - char * len(text))
             level = min(
                 (0, 1), key=lambda lv: (label_end.get((y, lv), -1e9) >= x, label_end.get((y, lv), -1e9))
             )
             x = max(x, label_end.get((y, level), -1e9))
             label_end[(y, level)] = x + char * (len(text) + 1)
-            right = x + char * len(text) > span  # it would run into the legend: end it at the axis' end
+            right = x + char * len(text) > span  # no room left on this row: end it at the axis' end
             ax.text(
                 span if right else x,
                 y + (0.32 if level == 0 else -0.32),  # in the gap above the bar, or below it
