@@ -75,9 +75,10 @@ def embedded(folder, tmp_path_factory) -> Iterator[LabSession]:
         yield from _session(broker, folder, tmp_path_factory)
 
 
-@pytest.fixture(scope="module", params=["redis", "rabbitmq"])
+@pytest.fixture(scope="module", params=["redis", pytest.param("rabbitmq", marks=pytest.mark.slow)])
 def shared(request, folder, tmp_path_factory) -> Iterator[LabSession]:
-    """A session on a broker the kit may not restart: faults go through the proxy."""
+    """A session on a broker the kit may not restart: faults go through the proxy (RabbitMQ's in the slow
+    suite: the default one stays fast)."""
     with open_broker(request.param) as broker:
         yield from _session(broker, folder, tmp_path_factory)
 
@@ -227,6 +228,20 @@ def test_a_down_link_is_refused_while_others_reach_the_broker(shared):
     run.wait_reconnected(worker)
     assert run.result(run.send("add", 3, 3)) == 6
     assert [what for what, _ in _faults(run)] == ["connection-down", "connection-up"]
+    worker.stop()
+
+
+def test_broker_down_on_a_shared_broker_takes_it_from_the_proxied_workers_only(shared):
+    """What an autograder gets on a broker the kit must not restart: the same block, played by the proxy."""
+    run = LabRun(shared, BUDGET)
+    worker = shared.start_worker("relay", through_proxy=True, concurrency=1)
+    with run.broker_down(keep_data=True):
+        sent = [run.send("add", n, n) for n in range(3)]  # the grader still reaches the broker
+        assert not worker.ping(0.5)  # the proxied worker does not
+    run.wait_reconnected(worker)
+    assert [run.result(r) for r in sent] == [0, 2, 4]  # kept: nothing was restarted
+    assert [what for what, _ in _faults(run)] == ["broker-down", "broker-up"]
+    assert {e.get("how") for e in run.timeline.events("celerylab-broker")} == {"proxy"}
     worker.stop()
 
 
