@@ -28,8 +28,8 @@ from celery import Celery
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from celerylab.grading import labs  # noqa: E402
 from celerylab.engine.brokers import open_broker  # noqa: E402
+from celerylab.grading import labs  # noqa: E402
 
 
 def floor(broker_url: str, backend_url: str) -> float:

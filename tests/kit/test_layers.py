@@ -1,5 +1,5 @@
-"""The package's layers: engine <- grading <- study <- cli. A module imports only from its own layer or earlier
-ones, so the engine stays usable without labs and grading without the study front ends."""
+"""The package's layers: engine <- grading <- study <- cli. A module imports only from its own layer or
+earlier ones, so the engine stays usable without labs and grading without the study front ends."""
 
 import ast
 from pathlib import Path
