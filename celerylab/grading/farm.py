@@ -294,11 +294,10 @@ def register(app: Celery) -> None:
         level, reason = farm["support"] or (None, "")
         support = sandbox.Support(level, reason) if level else None
         work = Path(farm["scratch"]) / f"{os.getpid()}-{self.request.id}"
+        sources = work.parent / f"{work.name}.hidden"
         _sweep_stale_scratch(work.parent.parent)  # a farm worker killed on this machine left its folders
-        shutil.rmtree(work, ignore_errors=True)
         try:
-            sources = work.parent / f"{work.name}.hidden"
-            sources.mkdir(parents=True)
+            sources.mkdir(parents=True, exist_ok=True)
             for name, text in hidden.items():
                 (sources / PurePosixPath(name).name).write_text(text)
             try:
@@ -316,7 +315,7 @@ def register(app: Celery) -> None:
                 )
         finally:
             shutil.rmtree(work, ignore_errors=True)
-            shutil.rmtree(work.parent / f"{work.name}.hidden", ignore_errors=True)
+            shutil.rmtree(sources, ignore_errors=True)
         logger.info("graded %s%s: %s", student, " (redelivered)" if again else "", graded.verdict)
         return {**graded.to_dict(), "where": where, "redelivered": again}
 
