@@ -321,6 +321,11 @@ class Timeline:
                 if a is not None:
                     a.end = min(a.end or e.timestamp, e.timestamp)
                     a.outcome, a.exception = "cancelled", "cancelled by the worker's cold shutdown"
+            elif e.type == "task-revoked" and e.get("terminated"):  # revoke(terminate=True): no end event
+                a = next((a for a in reversed(out) if a.outcome in ("running", "none")), None)
+                if a is not None:
+                    a.end, a.outcome = e.timestamp, "revoked"
+                    a.exception = f"revoked and terminated (signal {e.get('signum')})"
             elif e.type == "task-failed":  # "none": a hard time limit stops the process before it has a state
                 a = next((a for a in out if a.outcome in ("running", "none")), None)
                 if a is not None and e.timestamp >= a.start:  # the process was killed: no end of its own
@@ -510,6 +515,7 @@ class Timeline:
             "running": "tab:blue",
             "lost": "tab:gray",
             "cancelled": "tab:purple",
+            "revoked": "tab:brown",
         }
         if label is None or isinstance(label, str):
             args = {u: self.first_arg(u) for u in self.task_ids()} if label in (None, "arg") else {}

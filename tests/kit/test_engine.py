@@ -319,6 +319,21 @@ def test_a_cold_shutdown_ends_the_running_attempt_as_cancelled(ns, folder, no_or
         assert attempt.duration is not None and attempt.duration < 5
 
 
+def test_a_terminated_revoke_ends_the_running_attempt_as_revoked(ns, folder, no_orphans):
+    """revoke(terminate=True) kills the pool process's task: it sends no end of its own, only task-revoked."""
+    with Recorder(ns.app("rec")) as rec, start_worker(ns, folder, concurrency=1) as worker:
+        timeline = rec.timeline()
+        app = ns.app()
+        result = app.send_task("tasks.nap", (30.0,))
+        timeline.wait_for(lambda tl: tl.attempts(result.id) and tl.events("task-started"), 10, "the start")
+        app.control.revoke(result.id, terminate=True, signal="SIGKILL")
+        timeline.wait_for(lambda tl: tl.attempts(result.id)[0].outcome == "revoked", 10, "the revoke")
+        (attempt,) = timeline.attempts(result.id)
+        assert attempt.end is not None and attempt.duration < 20
+        assert "signal 9" in attempt.exception
+        assert worker.alive
+
+
 def test_settle_returns_on_a_live_worker_and_names_a_frozen_one(ns, folder, no_orphans):
     worker = Worker(ns, folder, concurrency=1).start()
     try:
