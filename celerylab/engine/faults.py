@@ -12,10 +12,11 @@ when a kill from outside lands.
 - ``hold(task)``: the process publishing ``task`` stops just before the message leaves, says so
   (:meth:`Faults.wait_held`), and goes on once the grader calls :meth:`Faults.release`: the grader can
   stop the broker at exactly that moment.
-- ``barrier(tables, parties)``: in each process, the first SQL statement that names one of ``tables``
-  waits until ``parties`` processes have reached theirs (or :data:`BARRIER_WAIT` passed): every copy has
-  then read before any copy writes, so a check-then-insert race is lost on every run (SQLAlchemy's engine
-  events; the barrier is only armed while the grader wants it).
+- ``barrier(tables, parties, wait)``: in each process, the first SQL statement that names one of ``tables``
+  waits until ``parties`` processes have reached theirs (or ``wait`` s passed); a read waits once the
+  database has answered it, a write before it runs. Every copy has then read before any copy writes, so
+  a check-then-insert race is lost on every run (SQLAlchemy's engine events; the barrier is only armed
+  while the grader wants it).
 
 Every task the worker's processes publish is also written to ``published.jsonl`` there: its name, id,
 arguments and the size of its JSON body, which is what the grader judges a payload by; and the end of every
@@ -64,12 +65,20 @@ class Faults:
         assert point in ("before", "after"), point
         return _arm(self.folder / f"crash--{point}--{task}", "")
 
-    def barrier(self, tables: list[str], parties: int = 2) -> Path:
-        """Arm: the first statement naming one of ``tables`` in each process waits for ``parties`` of them."""
+    def barrier(self, tables: list[str], parties: int = 2, wait: float = BARRIER_WAIT) -> str:
+        """Arm: the first statement naming one of ``tables`` in each process waits (at most ``wait`` s) for
+        ``parties`` of them. Returns the round's id, for :meth:`barrier_met`."""
         for path in self.folder.glob("arrived-*"):
             path.unlink(missing_ok=True)
-        spec = {"tables": tables, "parties": parties, "round": secrets.token_hex(4)}
-        return _arm(self.folder / "barrier", json.dumps(spec))
+        spec = {"tables": tables, "parties": parties, "wait": wait, "round": secrets.token_hex(4)}
+        _arm(self.folder / "barrier", json.dumps(spec))
+        return spec["round"]
+
+    def barrier_met(self, round_id: str) -> bool:
+        """Did ``parties`` processes meet at that round of the barrier (rather than one giving up waiting)?"""
+        return any(
+            e.get("event") == "barrier" and e["round"] == round_id and e["met"] for e in self._entries()
+        )
 
     def hold(self, task: str) -> Path:
         """Arm: the next process to publish ``task`` waits just before it (see :meth:`wait_held`)."""
@@ -222,9 +231,14 @@ def _log(folder: Path, entry: dict[str, Any]) -> None:
 _passed: set[str] = set()  # barriers this process has been through (one arrival per process and barrier)
 
 
-def _barrier(statement: str) -> None:
+def _barrier(statement: str, phase: str = "before") -> None:
+    """A read arrives once the database has answered it (``after``), a write before it runs (``before``): so
+    every copy has read before any copy writes, and no copy holds a write lock while it waits."""
     folder = _folder()
     if folder is None:
+        return
+    reads = statement.lstrip().upper().startswith(("SELECT", "WITH"))
+    if phase != ("after" if reads else "before"):
         return
     try:
         text = (folder / "barrier").read_text()
@@ -236,11 +250,10 @@ def _barrier(statement: str) -> None:
         return
     _passed.add(key)
     (folder / f"arrived-{os.getpid()}").touch()
-    deadline = time.monotonic() + BARRIER_WAIT
-    while time.monotonic() < deadline:
-        if len(list(folder.glob("arrived-*"))) >= spec["parties"]:
-            return
-        time.sleep(0.005)  # polling the other processes' arrivals, bounded by the deadline above
+    met = _wait_for(
+        lambda: len(list(folder.glob("arrived-*"))) >= spec["parties"], spec.get("wait", BARRIER_WAIT)
+    )
+    _log(folder, {"event": "barrier", "round": key, "met": met, "pid": os.getpid()})
 
 
 def _install_sql_barrier() -> None:
@@ -249,10 +262,13 @@ def _install_sql_barrier() -> None:
         from sqlalchemy.engine import Engine
 
         def before(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
-            _barrier(statement)
+            _barrier(statement, "before")
 
-        if not event.contains(Engine, "before_cursor_execute", before):
-            event.listen(Engine, "before_cursor_execute", before)
+        def after(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+            _barrier(statement, "after")
+
+        event.listen(Engine, "before_cursor_execute", before)
+        event.listen(Engine, "after_cursor_execute", after)
 
 
 _install_sql_barrier()

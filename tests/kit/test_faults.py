@@ -1,92 +1,99 @@
 """celerylab.engine.faults without a worker: an armed fault fires in exactly one process, a barrier holds
-each arriving process until the other one is there, and the log tells what was published and what ended."""
+each arriving process until the other one is there, and the log tells what was published and what met.
+
+Child processes are spawned, not forked: a fork of this (threaded) pytest process can inherit a lock held
+by another thread and hang."""
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
 import time
-
-import pytest
 
 from celerylab.engine import faults
 
-FORK = multiprocessing.get_context("fork")
+SPAWN = multiprocessing.get_context("spawn")
 
 
-def _race_for_claim(folder: str, barrier, results) -> None:
-    barrier.wait()  # every process tries at the same moment
-    results.put(faults._claim(faults.Path(folder) / "crash--before--apply_order"))
-
-
-def test_an_armed_crash_is_claimed_by_exactly_one_process(tmp_path):
+def test_an_armed_crash_is_claimed_by_exactly_one_caller(tmp_path):
     box = faults.Faults(tmp_path)
-    box.crash("before", "apply_order")
-    barrier, results = FORK.Barrier(6), FORK.Queue()
-    procs = [FORK.Process(target=_race_for_claim, args=(str(tmp_path), barrier, results)) for _ in range(6)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(10)
-    assert sorted(results.get(timeout=5) for _ in procs) == [False] * 5 + [True]
+    armed = box.crash("before", "apply_order")
+    start, wins = threading.Barrier(8), []
+
+    def race() -> None:
+        start.wait()  # every caller tries at the same moment
+        wins.append(faults._claim(armed))
+
+    threads = [threading.Thread(target=race) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert sorted(wins) == [False] * 7 + [True] and not box.armed(armed)
 
 
 def _publish(folder: str, task: str, task_id: str) -> None:
     os.environ[faults.ENV] = folder
     faults._before(sender=task, body=((7, 3), {}, {}), headers={"id": task_id})
     faults._after(sender=task, headers={"id": task_id})
-    os._exit(0)
 
 
-def test_a_crash_before_publishing_kills_the_process_and_logs_an_unsent_message(tmp_path):
+def test_a_crash_before_publishing_kills_the_process_once_and_logs_an_unsent_message(tmp_path):
     box = faults.Faults(tmp_path)
     box.crash("before", "apply_order")
-    proc = FORK.Process(target=_publish, args=(str(tmp_path), "tasks.apply_order", "first"))
-    proc.start()
-    proc.join(10)
-    assert proc.exitcode == faults.EXIT_CODE
-    (entry,) = box.published("apply_order")
-    assert entry["args"] == [7, 3] and entry["sent"] is False and entry["bytes"] < 100
-    proc = FORK.Process(target=_publish, args=(str(tmp_path), "tasks.apply_order", "second"))  # once only
-    proc.start()
-    proc.join(10)
-    assert proc.exitcode == 0 and [e["sent"] for e in box.published("apply_order")] == [False, True]
+    for task_id, code in (("first", faults.EXIT_CODE), ("second", 0)):  # fired once only
+        proc = SPAWN.Process(target=_publish, args=(str(tmp_path), "tasks.apply_order", task_id))
+        proc.start()
+        proc.join(60)
+        assert proc.exitcode == code
+    first, second = box.published("apply_order")
+    assert first["args"] == [7, 3] and first["bytes"] < 100
+    assert (first["sent"], second["sent"]) == (False, True)
 
 
-def _arrive(folder: str, statement: str, results) -> None:
+def _arrive(folder: str, statement: str) -> None:
     os.environ[faults.ENV] = folder
-    begun = time.monotonic()
-    faults._barrier(statement)
-    results.put(time.monotonic() - begun)
+    faults._barrier(statement, "after")  # a read arrives once answered
 
 
-@pytest.mark.parametrize("parties", [1, 2])
-def test_a_barrier_holds_the_first_process_until_the_second_arrives(tmp_path, parties):
+def test_a_barrier_holds_the_first_process_until_the_second_arrives(tmp_path, monkeypatch):
     box = faults.Faults(tmp_path)
-    box.barrier(["processed_messages"], parties=2)
-    results = FORK.Queue()
-    first = FORK.Process(target=_arrive, args=(str(tmp_path), "SELECT 1 FROM processed_messages", results))
+    round_id = box.barrier(["processed_messages"], parties=2, wait=60)
+    first = SPAWN.Process(target=_arrive, args=(str(tmp_path), "SELECT 1 FROM processed_messages"))
     first.start()
-    deadline = time.monotonic() + 10
-    while not list(tmp_path.glob("arrived-*")) and time.monotonic() < deadline:
-        time.sleep(0.01)  # polling the first process's arrival, bounded by the deadline above
-    if parties == 2:
-        second = FORK.Process(target=_arrive, args=(str(tmp_path), "INSERT INTO processed_messages", results))
-        second.start()
-        second.join(10)
-    first.join(10)
-    waits = sorted(results.get(timeout=5) for _ in range(parties))
-    if parties == 2:
-        assert waits[-1] < faults.BARRIER_WAIT  # released by the second arrival, not by the time-out
-    else:
-        assert waits[0] >= faults.BARRIER_WAIT * 0.9  # alone: held until the time-out
+    assert faults._wait_for(lambda: list(tmp_path.glob("arrived-*")), 60), "the first process never arrived"
+    assert first.exitcode is None  # held there
+    monkeypatch.setenv(faults.ENV, str(tmp_path))
+    begun = time.monotonic()
+    faults._barrier("INSERT INTO processed_messages (message_id) VALUES (1)", "after")  # a write: not here
+    assert not box.barrier_met(round_id) and first.exitcode is None
+    faults._barrier("INSERT INTO processed_messages (message_id) VALUES (1)", "before")  # both go on
+    assert time.monotonic() - begun < 5
+    first.join(30)
+    assert first.exitcode == 0
+    met = [e["met"] for e in box._entries() if e.get("event") == "barrier" and e["round"] == round_id]
+    assert met == [True, True] and box.barrier_met(round_id)
 
 
-def test_a_statement_on_another_table_passes_at_once(tmp_path):
+def test_a_process_alone_at_a_barrier_goes_on_after_its_wait(tmp_path, monkeypatch):
     box = faults.Faults(tmp_path)
-    box.barrier(["processed_messages"], parties=2)
-    results = FORK.Queue()
-    proc = FORK.Process(target=_arrive, args=(str(tmp_path), "SELECT * FROM orders", results))
-    proc.start()
-    proc.join(10)
-    assert results.get(timeout=5) < 0.5
+    round_id = box.barrier(["processed_messages"], parties=2, wait=0.3)
+    monkeypatch.setenv(faults.ENV, str(tmp_path))
+    begun = time.monotonic()
+    faults._barrier("SELECT * FROM processed_messages", "before")  # a read passes before it runs...
+    assert time.monotonic() - begun < 0.2 and not list(tmp_path.glob("arrived-*"))
+    faults._barrier("SELECT * FROM processed_messages", "after")  # ...and waits once answered
+    assert time.monotonic() - begun >= 0.3 and not box.barrier_met(round_id)
+    begun = time.monotonic()
+    faults._barrier("SELECT * FROM processed_messages", "after")  # one arrival per process and round
+    assert time.monotonic() - begun < 0.2
+
+
+def test_a_statement_on_another_table_passes_at_once(tmp_path, monkeypatch):
+    faults.Faults(tmp_path).barrier(["processed_messages"], parties=2, wait=30)
+    monkeypatch.setenv(faults.ENV, str(tmp_path))
+    begun = time.monotonic()
+    faults._barrier("SELECT * FROM orders", "after")
+    faults._barrier("INSERT INTO orders (customer) VALUES ('x')", "before")
+    assert time.monotonic() - begun < 0.5 and not list(tmp_path.glob("arrived-*"))
