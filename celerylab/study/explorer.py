@@ -6,14 +6,17 @@
 under the widget, the next ones in it); here the first run, with the defaults, goes into the widget's own
 output, so a re-run replaces it. Labels show in full (a setting's name cut to "visibility_t..." says
 nothing), and a run that takes more than a moment shows what it is waiting for, from ``status()``
-(``Playground.status``: the tasks it waits on and where each one stands), refreshed from a thread while
-the run holds the kernel.
+(``Playground.status``: the tasks it waits on and where each one stands).
+
+The line is refreshed by :func:`tick`, which the Playground calls while it waits, on the kernel's main
+thread, and only in a run the widget's own button started. Widget updates while a *cell* runs (the first
+run, or a thread's updates during any run) made nbclient miss the cell's end until its timeout in 4 of 9
+headless runs of notebook 05 (0 of 5 without them); a click is a comm message, which nbclient never sends.
 """
 
 from __future__ import annotations
 
 import html
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -25,10 +28,13 @@ EVERY = 0.5  # seconds between two refreshes of the progress line
 
 
 class Explorer(widgets.interactive):
-    """An ``interactive`` with a Run button, full labels, a progress line and a first run at display."""
+    """An ``interactive`` with a Run button, full labels and a progress line."""
 
     def __init__(
-        self, function: Callable[..., Any], status: Callable[[], str] | None = None, **controls: Any
+        self,
+        function: Callable[..., Any],
+        status: Callable[[], str] | None = None,
+        **controls: Any,
     ):
         super().__init__(function, {"manual": True, "manual_name": "Run"}, **controls)
         self.status = status
@@ -41,50 +47,71 @@ class Explorer(widgets.interactive):
         button.button_style = "primary"
         self.children = (*controls_, button, self.progress, out)
         self.runs = 0
-        self.update()  # the defaults' run, in the widget's own output: the next run replaces it
+        self._began = self._shown = 0.0
+        self._clicked = False  # whether the run under way was started by the button (see the module doc)
 
     def update(self, *args: Any) -> None:
         self.runs += 1
-        done = threading.Event()
-        began = time.monotonic()
-        ticker = threading.Thread(
-            target=self._tick, args=(done, began), name="explorer-progress", daemon=True
-        )
-        ticker.start()
+        self._began = self._shown = time.monotonic()
+        self._clicked = _handling_a_widget_message()
+        _running.append(self)
         try:
             super().update(*args)
         finally:
-            done.set()
-            ticker.join(timeout=2 * EVERY)
-            took = time.monotonic() - began
-            self.progress.value = (
-                f"<small>run {self.runs} took {took:.1f} s</small>" if took >= SHOW_AFTER else ""
-            )
+            _running.remove(self)
+            took = time.monotonic() - self._began
+            line = f"<small>run {self.runs} took {took:.1f} s</small>" if took >= SHOW_AFTER else ""
+            self.progress.value = line
 
-    def _tick(self, done: threading.Event, began: float) -> None:
-        """Runs beside the callback (which holds the kernel): widget updates from a thread still reach
-        the page, so the line moves while the run waits."""
-        if done.wait(SHOW_AFTER):
+    def tick(self) -> None:
+        """Refresh the progress line (at most every ``EVERY`` s, from ``SHOW_AFTER`` s into a run)."""
+        now = time.monotonic()
+        if not self._clicked or now - self._began < SHOW_AFTER or now - self._shown < EVERY:
             return
-        while not done.is_set():
-            what = ""
-            if self.status is not None:
-                try:
-                    what = self.status()
-                except Exception as exc:  # a status is a courtesy: never break the run for it
-                    what = f"({type(exc).__name__} reading the status)"
-            seconds = time.monotonic() - began
-            line = f"⏳ running for {seconds:.0f} s" + (f": {what}" if what else "")
-            self.progress.value = f"<small>{html.escape(line)}</small>"
-            done.wait(EVERY)
+        self._shown = now
+        what = ""
+        if self.status is not None:
+            try:
+                what = self.status()
+            except Exception as exc:  # a status is a courtesy: never break the run for it
+                what = f"({type(exc).__name__} reading the status)"
+        line = f"⏳ running for {now - self._began:.0f} s" + (f": {what}" if what else "")
+        self.progress.value = f"<small>{html.escape(line)}</small>"
+
+
+def _handling_a_widget_message() -> bool:
+    """Is the kernel handling a widget's message (a click) rather than running a cell?"""
+    try:
+        from IPython import get_ipython
+
+        kernel = getattr(get_ipython(), "kernel", None)
+        return kernel is not None and kernel.get_parent().get("header", {}).get("msg_type") == "comm_msg"
+    except Exception:  # no kernel (a script, a test): no widget to refresh either
+        return False
+
+
+_running: list[Explorer] = []  # the explorers whose run is under way (innermost last)
+
+
+def tick() -> None:
+    """Refresh the progress line of the run under way, if any: what a long wait calls now and then."""
+    if _running:
+        _running[-1].tick()
 
 
 def explore(
-    function: Callable[..., Any], status: Callable[[], str] | None = None, **controls: Any
+    function: Callable[..., Any],
+    status: Callable[[], str] | None = None,
+    first_run: bool = True,
+    **controls: Any,
 ) -> Explorer:
-    """Build, run once with the defaults, and display the widget (a cell's last line may call it)."""
+    """Show the widget, then (``first_run``) run it once with the defaults inside it, so the learner sees
+    that run's progress and the next run replaces its output. Assign the result (``control = explore(...)``):
+    as a cell's bare last line it would be shown twice."""
     from IPython.display import display
 
     explorer = Explorer(function, status, **controls)
     display(explorer)
+    if first_run:
+        explorer.update()
     return explorer

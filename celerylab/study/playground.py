@@ -32,13 +32,17 @@ from typing import Any
 from celery.result import AsyncResult
 
 from celerylab.engine.brokers import open_broker
-from celerylab.engine.timeline import FINAL, Timeline
+from celerylab.engine.timeline import FINAL, DeadlineExceeded, Timeline
 from celerylab.engine.workers import Worker
 from celerylab.grading.session import LabRun, LabSession
+from celerylab.study import explorer
+
+BEAT = 0.5  # seconds: how often a long wait lets a widget's progress line refresh
 
 
 class _NotebookRun(LabRun):
-    """A LabRun that tells its playground what it waits for (``Playground.status``)."""
+    """A LabRun that tells its playground what it waits for (``Playground.status``), and waits in slices
+    so a widget's progress line moves meanwhile (``explorer.tick``, on this thread)."""
 
     def __init__(self, session: LabSession, deadline: float, playground: Playground) -> None:
         super().__init__(session, deadline)
@@ -46,12 +50,26 @@ class _NotebookRun(LabRun):
 
     def wait(self, results: AsyncResult | Iterable[AsyncResult], timeout: float | None = None) -> None:
         results = [results] if isinstance(results, AsyncResult) else list(results)
-        with self.playground._doing("waiting for", [r.id for r in results]):
-            super().wait(results, timeout)
+        ids = [r.id for r in results]
+        with self.playground._doing("waiting for", ids):
+            left = self._beats(lambda tl: all(tl.state(u) in FINAL for u in ids), "final states", timeout)
+            super().wait(results, left)  # the last attempts' ends, and the verdict if time ran out
 
     def wait_until(self, predicate: Any, what: str, timeout: float | None = None) -> Any:
         with self.playground._doing(f"waiting for {what}"):
-            return super().wait_until(predicate, what, timeout)
+            left = self._beats(predicate, what, timeout)
+            return super().wait_until(predicate, what, left)
+
+    def _beats(self, predicate: Any, what: str, timeout: float | None) -> float:
+        """Wait for ``predicate`` a beat at a time, ticking between beats; returns the time left."""
+        end = time.monotonic() + min(timeout if timeout is not None else self.remaining(), self.remaining())
+        while end - time.monotonic() > BEAT:
+            try:
+                self.timeline.wait_for(predicate, BEAT, what)
+                break
+            except DeadlineExceeded:
+                explorer.tick()
+        return max(0.0, end - time.monotonic())
 
 
 class Playground:
@@ -116,6 +134,7 @@ class Playground:
     @contextlib.contextmanager
     def _doing(self, what: str, uuids: list[str] | None = None) -> Iterator[None]:
         before, self._now = self._now, (what, uuids or [])
+        explorer.tick()  # e.g. "starting a worker": shown before the call that blocks
         try:
             yield
         finally:
@@ -124,7 +143,7 @@ class Playground:
     def status(self) -> str:
         """What the playground waits for now, in a line ("" when idle): e.g. ``waiting for 2 of 4 tasks:
         fetch[3f2a1c] try 2 due in 1.4 s; fetch[9b0e11] running try 3``. Safe to call from another
-        thread while a cell waits."""
+        thread while a cell waits (it only reads)."""
         now, run = self._now, self.run
         if now is None:
             return ""

@@ -204,6 +204,12 @@ ALL_RAN = """() => {
     // Done: nothing queued or running, something ran (an error stops "Run All": the rest stay unnumbered).
     return status === 'idle' && !prompts.includes('[*]:') && prompts.some(p => /\\d/.test(p));
 }""".replace("PROMPTS", PROMPTS)
+SLOW_RUN = 4.0  # seconds: a run this long must have shown its progress line ("running for ...")
+WATCH_PROGRESS = """(el) => {
+    window.__sawProgress = false;
+    new MutationObserver(() => { if (el.innerText.includes('running for')) window.__sawProgress = true; })
+        .observe(el, {subtree: true, childList: true, characterData: true});
+}"""
 # A digest of a widget's rendered content (its plots included), to see it change.
 DIGEST = """(root) => {
     let h = 0; const s = root.innerHTML;
@@ -251,6 +257,8 @@ def operate(root, page) -> str:
         options = dropdowns.first.locator("option").all_inner_texts()
         dropdowns.first.select_option(index=min(1, len(options) - 1))
         done.append("picked another option")
+    root.evaluate(WATCH_PROGRESS)
+    began = time.monotonic()
     if button.count():
         before = target.evaluate(DIGEST)
         label = button.first.inner_text()
@@ -267,6 +275,9 @@ def operate(root, page) -> str:
         page.wait_for_function(KERNEL_IDLE, timeout=WIDGET_SECONDS * 1000, polling=250)
     except Exception as exc:
         raise AssertionError(f"{did}: the widget's output did not change within {WIDGET_SECONDS} s") from exc
+    took = time.monotonic() - began
+    if took > SLOW_RUN and button.count() and button.first.inner_text() == "Run":  # an explore() widget
+        assert page.evaluate("window.__sawProgress"), f"{did}: a {took:.0f} s run showed no progress line"
     now = target.locator("img").count()
     assert not plots or now <= plots, (
         f"{did}: {now} plots after the re-run, {plots} before: it added, not replaced"

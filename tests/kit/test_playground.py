@@ -10,6 +10,7 @@ from pathlib import Path
 
 import redis
 
+from celerylab.study import explorer
 from celerylab.study.playground import Playground
 from tests.kit.conftest import is_gone
 
@@ -50,6 +51,7 @@ def test_a_closed_playground_comes_back_when_a_widget_uses_it(no_orphans):
 
 
 KERNEL_CELL = """
+from celerylab.study import explorer
 from celerylab.study.playground import Playground
 pg = Playground(broker="redis")
 pg.write_tasks('''{code}''')
@@ -86,13 +88,15 @@ def test_a_kernel_shut_down_mid_notebook_leaves_no_worker_folder_or_key(tmp_path
     assert namespace_keys(state["url"], state["namespace"]) == [], "the namespace's keys outlived its kernel"
 
 
-def test_status_says_what_a_wait_is_waiting_for(no_orphans):
+def test_status_says_what_a_wait_is_waiting_for(no_orphans, monkeypatch):
     """A widget's progress line: which tasks, and where each one stands (here: a countdown not yet due)."""
     pg = Playground(broker="redis")
     try:
         pg.write_tasks(ADD)
         assert pg.status() == ""
         pg.start(concurrency=1)
+        ticks = []
+        monkeypatch.setattr(explorer, "tick", lambda: ticks.append(time.monotonic()))
         result = pg.send("add", 2, 3, countdown=3)
         seen: list[str] = []
         waiter = threading.Thread(target=pg.wait, args=(result,))
@@ -103,12 +107,13 @@ def test_status_says_what_a_wait_is_waiting_for(no_orphans):
             time.sleep(0.05)  # polling what a progress line polls
         waiter.join(30)
         assert "waiting for 1 of 1 task(s): add[" in line and "try 1 due in" in line, seen[-3:]
+        assert ticks, "the wait let a progress line refresh between beats"
         assert pg.status() == "" and result.get(timeout=5) == 5
     finally:
         pg.close()
 
 
-def test_explorer_labels_in_full_runs_once_at_display_and_shows_progress():
+def test_explorer_labels_in_full_runs_once_at_display_and_shows_progress(monkeypatch):
     from ipywidgets import Checkbox, IntSlider
 
     from celerylab.study import explorer as module
@@ -118,24 +123,25 @@ def test_explorer_labels_in_full_runs_once_at_display_and_shows_progress():
 
     def run(visibility_timeout=2, acks_late=True):
         calls.append((visibility_timeout, acks_late))
-        if len(calls) == 2:  # the second run holds its caller until the progress line shows the status
-            deadline = time.monotonic() + 10
-            while "waiting for the rescue" not in widget.progress.value and time.monotonic() < deadline:
-                time.sleep(0.05)
+        if len(calls) == 2:  # what a playground's wait does between beats, on this thread
+            module.tick()
             shown.append(widget.progress.value)
         return len(calls)
 
     widget = Explorer(run, status=lambda: "waiting for the rescue worker", visibility_timeout=(1, 6))
-    assert calls == [(2, True)] and widget.result == 1  # the defaults' run, inside the widget's output
+    assert calls == [] and widget.result is None
+    widget.update()  # what explore() does once it has shown the widget: the defaults' run, from a cell
+    assert calls == [(2, True)] and widget.result == 1 and widget.progress.value == ""
     slider, box = widget.kwargs_widgets
     assert isinstance(slider, IntSlider) and isinstance(box, Checkbox)
     assert slider.style.description_width == "initial" and slider.description == "visibility_timeout"
     assert widget.children[-2] is widget.progress and widget.children[-3].description == "Run"
-    module.SHOW_AFTER = 0.0  # show it at once
-    try:
-        widget.manual_button.click()
-    finally:
-        module.SHOW_AFTER = 1.0
+    monkeypatch.setattr(module, "_handling_a_widget_message", lambda: True)  # a click, not a cell
+    monkeypatch.setattr(module, "SHOW_AFTER", 0.0)  # show it at once
+    monkeypatch.setattr(module, "EVERY", 0.0)
+    widget.manual_button.click()
     assert calls[-1] == (2, True) and widget.result == 2
     assert "running for" in shown[0] and "waiting for the rescue worker" in shown[0], shown
+    assert "run 2 took" in widget.progress.value
+    module.tick()  # no run under way: nothing to refresh
     assert "run 2 took" in widget.progress.value
