@@ -9,9 +9,10 @@ nothing), and a run that takes more than a moment shows what it is waiting for, 
 (``Playground.status``: the tasks it waits on and where each one stands).
 
 The line is refreshed by :func:`tick`, which the Playground calls while it waits, on the kernel's main
-thread, and only in a run the widget's own button started. Widget updates while a *cell* runs (the first
-run, or a thread's updates during any run) made nbclient miss the cell's end until its timeout in 4 of 9
-headless runs of notebook 05 (0 of 5 without them); a click is a comm message, which nbclient never sends.
+thread, and only in a run the widget's own button started. The first run, from the cell, sends no widget
+message until it is done (:meth:`Explorer.run_quietly`): with widget updates during a cell (a progress
+line, an Output widget capturing) nbclient missed the cell's end until its timeout in 4 of 9 headless
+runs of notebook 05. A click is a comm message, which nbclient never sends.
 """
 
 from __future__ import annotations
@@ -63,6 +64,29 @@ class Explorer(widgets.interactive):
             line = f"<small>run {self.runs} took {took:.1f} s</small>" if took >= SHOW_AFTER else ""
             self.progress.value = line
 
+    def run_quietly(self) -> Any:
+        """One run whose output is collected in this kernel and handed to the widget in one piece (its
+        text first, then its plots). No widget message while the cell runs: several of them (the
+        Output widget capturing, clearing, the button disabled and enabled) made nbclient miss the
+        end of the cell until its timeout in headless runs. An error propagates: the cell shows it."""
+        from IPython.utils.capture import capture_output
+        from ipywidgets.widgets.interaction import show_inline_matplotlib_plots
+
+        self.runs += 1
+        kwargs = {w._kwarg: w.get_interact_value() for w in self.kwargs_widgets}
+        with capture_output() as captured:
+            self.result = self.f(**kwargs)
+            show_inline_matplotlib_plots()
+        outputs = (
+            [{"output_type": "stream", "name": "stdout", "text": captured.stdout}] if captured.stdout else []
+        )
+        outputs += [
+            {"output_type": "display_data", "data": shown.data, "metadata": shown.metadata or {}}
+            for shown in captured.outputs
+        ]
+        self.out.outputs = tuple(outputs)
+        return self.result
+
     def tick(self) -> None:
         """Refresh the progress line (at most every ``EVERY`` s, from ``SHOW_AFTER`` s into a run)."""
         now = time.monotonic()
@@ -105,13 +129,15 @@ def explore(
     first_run: bool = True,
     **controls: Any,
 ) -> Explorer:
-    """Show the widget, then (``first_run``) run it once with the defaults inside it, so the learner sees
-    that run's progress and the next run replaces its output. Assign the result (``control = explore(...)``):
-    as a cell's bare last line it would be shown twice."""
+    """Show the widget with (``first_run``) the output of one run with the defaults already inside it, so
+    the next run replaces it. Assign the result (``control = explore(...)``): as a cell's bare last line
+    it would be shown twice."""
     from IPython.display import display
 
     explorer = Explorer(function, status, **controls)
-    display(explorer)
-    if first_run:
-        explorer.update()
+    try:
+        if first_run:
+            explorer.run_quietly()
+    finally:
+        display(explorer)
     return explorer

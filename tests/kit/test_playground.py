@@ -145,3 +145,16 @@ def test_explorer_labels_in_full_runs_once_at_display_and_shows_progress(monkeyp
     assert "run 2 took" in widget.progress.value
     module.tick()  # no run under way: nothing to refresh
     assert "run 2 took" in widget.progress.value
+
+
+def test_the_first_run_lands_in_the_widgets_output_in_one_piece():
+    """explore() runs once before the widget is shown; its text reaches the widget's output whole."""
+    from celerylab.study.explorer import Explorer
+
+    def run(copies=4):
+        print(f"{copies} copies")
+        return copies
+
+    widget = Explorer(run, copies=(1, 8))
+    assert widget.run_quietly() == 4 and widget.result == 4 and widget.runs == 1
+    assert widget.out.outputs == ({"output_type": "stream", "name": "stdout", "text": "4 copies\n"},)
