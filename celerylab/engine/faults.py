@@ -110,11 +110,16 @@ class Faults:
         return found[-1] if found else None
 
     def _entries(self) -> list[dict[str, Any]]:
+        """The log's complete lines: one a worker's process is still writing (read halfway) is left out."""
         try:
-            lines = (self.folder / LOG).read_text().splitlines()
+            text = (self.folder / LOG).read_text()
         except FileNotFoundError:
             return []
-        return [json.loads(line) for line in lines if line.strip()]
+        entries = []
+        for line in text.split("\n")[:-1]:  # the part after the last newline is not a whole line yet
+            with contextlib.suppress(ValueError):
+                entries.append(json.loads(line))
+        return entries
 
     def armed(self, path: Path) -> bool:
         return path.exists()

@@ -97,3 +97,9 @@ def test_a_statement_on_another_table_passes_at_once(tmp_path, monkeypatch):
     faults._barrier("SELECT * FROM orders", "after")
     faults._barrier("INSERT INTO orders (customer) VALUES ('x')", "before")
     assert time.monotonic() - begun < 0.5 and not list(tmp_path.glob("arrived-*"))
+
+
+def test_a_line_still_being_written_is_left_out(tmp_path):
+    box = faults.Faults(tmp_path)
+    (tmp_path / faults.LOG).write_text('{"event": "postrun", "id": "a", "state": "SUCCESS"}\n{"event": "post')
+    assert box.ended("a") == {"event": "postrun", "id": "a", "state": "SUCCESS"} and box.ended("b") is None
