@@ -499,7 +499,7 @@ class Timeline:
         attempts = [a for u in self.task_ids() for a in self.attempts(u)]
         if ax is None:
             _, ax = plt.subplots(
-                figsize=(10, 1.6 + 0.7 * max(1, len({(a.hostname, a.pid) for a in attempts})))
+                figsize=(10, max(2.8, 1.6 + 0.7 * len({(a.hostname, a.pid) for a in attempts})))  # the legend
             )
         if not attempts:
             ax.set_title(title or "no task has started yet")
@@ -534,7 +534,7 @@ class Timeline:
             width = (a.end or now) - a.start
             colour = colours.get(a.outcome, "tab:gray")
             ax.barh(y, max(width, span / 400), height=0.6, left=a.start - t0, color=colour, edgecolor="black")
-            if width < span / 80:  # a sliver: a marker makes it visible, whatever the axis' length
+            if width < (span - lo) / 80:  # a sliver: a marker makes it visible, whatever the axis' length
                 ax.plot(
                     [a.start - t0],
                     [y],
@@ -606,7 +606,11 @@ class Timeline:
                     last[4].set_text(f" {label} -> {who} pids {', '.join(map(str, last[3]))}")
                     continue
                 target = who if life.pid is None else f"{who} pid {life.pid}"
-                text = ax.text(x, top, f" {label} -> {target}", color="tab:red", fontsize=FONT, va="bottom")
+                line = f" {label} -> {target}"
+                right = x + char * (len(line) + 8) > ax.get_xlim()[1]  # room for more pids; else left of it
+                text = ax.text(
+                    x, top, line, color="tab:red", fontsize=FONT, va="bottom", ha="right" if right else "left"
+                )
                 said.append([x, label, who, [life.pid] if life.pid else [], text])
             elif life.kind == "offline":
                 ax.axvline(x, color="black", linestyle=":", linewidth=1)
