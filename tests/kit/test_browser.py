@@ -243,6 +243,7 @@ def operate(root, page) -> str:
     boxes = root.locator(".widget-checkbox input[type=checkbox]")
     toggles = root.locator(".widget-toggle-button:not(.mod-active)")
     dropdowns = root.locator(".widget-dropdown select")
+    texts = root.locator(".widget-text input")
     if handle.count():
         handle.first.focus()
         handle.first.press("ArrowRight")  # one step up; a slider with continuous_update=False sends it now
@@ -257,13 +258,17 @@ def operate(root, page) -> str:
         options = dropdowns.first.locator("option").all_inner_texts()
         dropdowns.first.select_option(index=min(1, len(options) - 1))
         done.append("picked another option")
+    elif texts.count():
+        texts.first.fill("task_routes")
+        done.append("typed an answer")
     root.evaluate(WATCH_PROGRESS)
     began = time.monotonic()
+    pressed, pressed_button = None, None
     if button.count():
         before = target.evaluate(DIGEST)
-        label = button.first.inner_text()
-        button.first.click()
-        done.append(f"pressed {label!r}")
+        pressed, pressed_button = button.first.inner_text(), button.first.element_handle()
+        pressed_button.click()
+        done.append(f"pressed {pressed!r}")
     did = ", ".join(done) or "found nothing to operate"
     try:  # the output comes from the kernel: once it changed, the kernel's "busy" has reached the page
         page.wait_for_function(
@@ -272,11 +277,13 @@ def operate(root, page) -> str:
             timeout=WIDGET_SECONDS * 1000,
             polling=250,
         )
+        if pressed == "Run":  # explore(): the button is disabled while the run lasts
+            page.wait_for_function("(b) => !b.disabled", arg=pressed_button, timeout=WIDGET_SECONDS * 1000)
         page.wait_for_function(KERNEL_IDLE, timeout=WIDGET_SECONDS * 1000, polling=250)
     except Exception as exc:
         raise AssertionError(f"{did}: the widget's output did not change within {WIDGET_SECONDS} s") from exc
     took = time.monotonic() - began
-    if took > SLOW_RUN and button.count() and button.first.inner_text() == "Run":  # an explore() widget
+    if took > SLOW_RUN and pressed == "Run":  # an explore() widget
         assert page.evaluate("window.__sawProgress"), f"{did}: a {took:.0f} s run showed no progress line"
     now = target.locator("img").count()
     assert not plots or now <= plots, (
