@@ -65,7 +65,7 @@ TIME_LIMIT_MARGIN = 120.0  # a task's hard time limit beyond the grade's own wal
 REDIS_VISIBILITY = 900.0
 FARM_SETTING = "celerylab_farm"  # the farm worker's own settings, in its app's conf
 PROTOCOL = 1  # the message's shape; part of the fingerprint
-logger = get_task_logger(__name__)
+log = get_task_logger(__name__)  # the farm worker's log: which student each grade was for
 
 
 class FarmError(BatchError):
@@ -316,7 +316,7 @@ def register(app: Celery) -> None:
         finally:
             shutil.rmtree(work, ignore_errors=True)
             shutil.rmtree(sources, ignore_errors=True)
-        logger.info("graded %s%s: %s", student, " (redelivered)" if again else "", graded.verdict)
+        log.info("graded %s%s: %s", student, " (redelivered)" if again else "", graded.verdict)
         return {**graded.to_dict(), "where": where, "redelivered": again}
 
 
