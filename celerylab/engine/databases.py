@@ -144,7 +144,12 @@ def django_settings(default_sqlite: Path | str) -> dict[str, Any]:
 def sql_engine(default_sqlite: Path | str) -> Any:
     """A SQLAlchemy engine on the grade's database (``$CELERYLAB_SQL_DATABASE``), or on ``default_sqlite``
     outside a grade. SQLite runs in WAL mode and waits up to 15 s for the write lock, so workers writing at
-    once queue instead of failing with "database is locked"; PostgreSQL goes through psycopg 3."""
+    once queue instead of failing with "database is locked"; PostgreSQL goes through psycopg 3.
+
+    pysqlite opens a transaction only before a write, so a ``SAVEPOINT`` (``conn.begin_nested()``) as the
+    first statement would open one of its own, and its ``RELEASE`` would commit it: a claim made in a
+    savepoint would outlive a rollback of the transaction around it. The engine opens the transaction first,
+    as PostgreSQL does, so savepoints nest (everything else keeps pysqlite's own timing)."""
     from sqlalchemy import create_engine, event
 
     url = os.environ.get(SQL_ENV) or f"sqlite://{Path(default_sqlite).resolve()}"
@@ -155,6 +160,12 @@ def sql_engine(default_sqlite: Path | str) -> Any:
         @event.listens_for(engine, "connect")
         def _wal(dbapi_conn: Any, _record: Any) -> None:
             dbapi_conn.execute("PRAGMA journal_mode=WAL")
+
+        @event.listens_for(engine, "savepoint")
+        def _nest(conn: Any, _name: str) -> None:
+            dbapi_conn = conn.connection.dbapi_connection
+            if not dbapi_conn.in_transaction:
+                dbapi_conn.execute("BEGIN")
 
         return engine
     return create_engine(urlunsplit(parts._replace(scheme="postgresql+psycopg")), pool_pre_ping=True)

@@ -9,6 +9,8 @@ when a kill from outside lands.
 
 - ``crash(point, task)``: the process publishing ``task`` dies (``os._exit``, no clean-up, like SIGKILL)
   just ``before`` the message leaves or just ``after`` the broker took it.
+- ``crash_at_insert(table)``: the process about to ``INSERT INTO table`` dies just before the statement
+  runs, inside whatever transaction it has open: what it committed before stays, the rest rolls back.
 - ``hold(task)``: the process publishing ``task`` stops just before the message leaves, says so
   (:meth:`Faults.wait_held`), and goes on once the grader calls :meth:`Faults.release`: the grader can
   stop the broker at exactly that moment.
@@ -64,6 +66,11 @@ class Faults:
         """Arm: the next process to publish ``task`` (its short name) dies ``before`` or ``after`` it."""
         assert point in ("before", "after"), point
         return _arm(self.folder / f"crash--{point}--{task}", "")
+
+    def crash_at_insert(self, table: str) -> Path:
+        """Arm: the next process to run ``INSERT INTO <table>`` dies just before that statement runs."""
+        assert re.fullmatch(r"\w+", table), table
+        return _arm(self.folder / f"crash--insert--{table}", "")
 
     def barrier(self, tables: list[str], parties: int = 2, wait: float = BARRIER_WAIT) -> str:
         """Arm: the first statement naming one of ``tables`` in each process waits (at most ``wait`` s) for
@@ -261,12 +268,22 @@ def _barrier(statement: str, phase: str = "before") -> None:
     _log(folder, {"event": "barrier", "round": key, "met": met, "pid": os.getpid()})
 
 
+def _maybe_crash_at_insert(statement: str) -> None:
+    folder = _folder()
+    if folder is None:
+        return
+    found = re.match(r'\s*INSERT\s+(?:OR\s+\w+\s+)?INTO\s+"?(\w+)"?', statement, re.I)
+    if found and _claim(folder / f"crash--insert--{found.group(1).lower()}"):
+        os._exit(EXIT_CODE)  # mid-transaction: the database rolls back what this process had not committed
+
+
 def _install_sql_barrier() -> None:
     with contextlib.suppress(ImportError):  # a lab without SQLAlchemy has no SQL to hold
         from sqlalchemy import event
         from sqlalchemy.engine import Engine
 
         def before(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+            _maybe_crash_at_insert(statement)
             _barrier(statement, "before")
 
         def after(conn: Any, cursor: Any, statement: str, *_: Any) -> None:

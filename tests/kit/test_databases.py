@@ -106,3 +106,22 @@ def test_the_publish_log_sees_arguments_context_and_holds(ns):
     [p] = log.of("fulfil_order")
     assert (p.args, p.kwargs, p.context, p.sent) == ((7,), {"note": "x"}, "inside", True)
     assert held == [p]
+
+
+def test_a_savepoint_on_the_kits_sqlite_engine_nests_inside_its_transaction(tmp_path, monkeypatch):
+    """pysqlite alone would commit a first-statement SAVEPOINT at its RELEASE; the kit's engine does not."""
+    from sqlalchemy import text
+
+    monkeypatch.delenv(databases.SQL_ENV, raising=False)
+    engine = databases.sql_engine(tmp_path / "t.sqlite3")
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("CREATE TABLE claims (id INTEGER PRIMARY KEY)"))
+        with pytest.raises(RuntimeError), engine.begin() as conn:
+            with conn.begin_nested():
+                conn.execute(text("INSERT INTO claims (id) VALUES (1)"))
+            raise RuntimeError("the transaction around the savepoint fails: the claim must go with it")
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM claims")).scalar() == 0
+    finally:
+        engine.dispose()

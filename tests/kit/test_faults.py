@@ -52,6 +52,27 @@ def test_a_crash_before_publishing_kills_the_process_once_and_logs_an_unsent_mes
     assert (first["sent"], second["sent"]) == (False, True)
 
 
+def _insert(folder: str, statement: str) -> None:
+    os.environ[faults.ENV] = folder
+    faults._maybe_crash_at_insert(statement)
+
+
+def test_a_crash_at_an_insert_fires_on_that_table_only_and_once(tmp_path):
+    box = faults.Faults(tmp_path)
+    armed = box.crash_at_insert("ledger")
+    for statement, code in (
+        ("INSERT INTO processed_messages (message_id) VALUES (?)", 0),  # another table: goes on
+        ("SELECT amount_cents FROM ledger WHERE order_id = ?", 0),  # not an insert
+        ('INSERT INTO "ledger" (order_id, amount_cents) VALUES (%(o)s, %(a)s)', faults.EXIT_CODE),
+        ("INSERT INTO ledger (order_id, amount_cents) VALUES (?, ?)", 0),  # fired once already
+    ):
+        proc = SPAWN.Process(target=_insert, args=(str(tmp_path), statement))
+        proc.start()
+        proc.join(60)
+        assert proc.exitcode == code, statement
+    assert not box.armed(armed)
+
+
 def _arrive(folder: str, statement: str) -> None:
     os.environ[faults.ENV] = folder
     faults._barrier(statement, "after")  # a read arrives once answered

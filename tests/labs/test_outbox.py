@@ -12,6 +12,8 @@ injected at exact points, never hoped for:
 - two copies of one message run at once: each copy's first statement on the dedupe table (or the ledger)
   waits until the other copy has reached its own (a barrier in both processes), so a SELECT-then-INSERT
   sees "not yet" in both, every run;
+- the consumer dies after recording the message and before writing its effect: its pool process exits as
+  it INSERTs into the ledger, and the grader delivers the message again;
 - a failing write inside ``place_order``'s transaction (the grader's SQLAlchemy event raises on the outbox
   INSERT): nothing of the order may remain.
 
@@ -393,7 +395,7 @@ def test_one_relay_run_delivers_every_unsent_order(lab, shop, worker):
 # -- the consumer applies each message once (first, while both pool processes are fresh) -------------
 
 
-@pytest.mark.points(1.5)
+@pytest.mark.points(1)
 @pytest.mark.deadline(60)
 @pytest.mark.rules("dedupe", needs=["relay-delivers"])
 def test_two_copies_at_once_apply_once(lab, shop, worker):
@@ -473,7 +475,7 @@ def test_relay_dies_before_publishing_loses_nothing(lab, shop, worker):
 # -- the consumer applies each message once ----------------------------------------------------------------
 
 
-@pytest.mark.points(1.5)
+@pytest.mark.points(1)
 @pytest.mark.deadline(60)
 @pytest.mark.rules("dedupe", needs=["relay-delivers"])
 def test_relay_dies_after_publishing_duplicate_is_absorbed(lab, shop, worker):
@@ -496,6 +498,54 @@ def test_relay_dies_after_publishing_duplicate_is_absorbed(lab, shop, worker):
         "The relay died after publishing and before marking the row sent, so the row was published again",
         "record each message id in a dedupe table whose key is unique, in the same transaction as the "
         "effect: the second copy finds it and returns.",
+    )
+
+
+@pytest.mark.points(1)
+@pytest.mark.deadline(60)
+@pytest.mark.rules("dedupe")
+def test_consumer_dies_before_its_effect_then_redelivered_applies_once(lab, shop, worker):
+    """Consumer dies after recording the message, before its effect: the redelivered copy applies it once"""
+    shop.settle_outbox()
+    order_id, _ = shop.place(lab, 1800)
+    rows = shop.outbox(order_id)
+    expect(rows, no_publish(shop, order_id), observed=f"order {order_id}")
+    message_id = rows[0][0]
+    shop.mark_sent(message_id)  # the grader delivers it itself, twice
+    armed = shop.faults.crash_at_insert("ledger")  # the pool process dies as it writes the effect
+    try:
+        first = lab.send(CONSUMER, message_id, order_id)
+        lab.wait(first, 40.0)  # lost with its process (or, with acks_late, run again by the worker)
+    finally:
+        shop.faults.disarm()
+    expect(
+        not shop.faults.armed(armed),
+        "apply_order never wrote the order's effect: it must INSERT one ledger row with the order's amount.",
+        observed=f"apply_order: {lab.timeline.describe(first.id)}; ledger rows: {shop.effects(order_id)}",
+    )
+    # At-least-once: a message whose worker died before it finished is delivered again.
+    again = lab.send(CONSUMER, message_id, order_id)
+    lab.wait(again, 40.0)
+    effects = shop.effects(order_id)
+    observed = (
+        f"ledger rows: {effects}; the copy whose process died: {lab.timeline.describe(first.id)}; "
+        f"the redelivered copy: {lab.timeline.describe(again.id)}"
+    )
+    expect(
+        effects == [1800],
+        f"apply_order's process died after it recorded message {message_id} and before its effect; the "
+        "redelivered message "
+        + ("never applied the effect." if not effects else f"left {len(effects)} effects."),
+        expected="one ledger row of 1800",
+        observed=observed,
+        hint="record the message id in the same transaction as the ledger row (one `with engine.begin()` "
+        "block): if the process dies in between, both roll back and the redelivery applies it. Committed "
+        "on its own first, the id says 'done' for an effect that never happened.",
+    )
+    expect(
+        lab.timeline.state(again.id) == "SUCCESS",
+        "The redelivered copy must succeed.",
+        observed=observed,
     )
 
 
