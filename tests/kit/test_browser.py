@@ -204,6 +204,11 @@ ALL_RAN = """() => {
     // Done: nothing queued or running, something ran (an error stops "Run All": the rest stay unnumbered).
     return status === 'idle' && !prompts.includes('[*]:') && prompts.some(p => /\\d/.test(p));
 }""".replace("PROMPTS", PROMPTS)
+PAINTED = """async (el) => {
+    await Promise.all([...el.querySelectorAll('img')].map(i => i.decode().catch(() => null)));
+    await new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)));
+    return true;
+}"""
 SLOW_RUN = 4.0  # seconds: a run this long must have shown its progress line ("running for ...")
 WATCH_PROGRESS = """(el) => {
     window.__sawProgress = false;
@@ -340,6 +345,8 @@ def shot(page, path: Path, element=None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     if element is not None:
         element.scroll_into_view_if_needed()
+        # Every plot decoded and painted: a screenshot straight after an update caught half an image.
+        element.evaluate(PAINTED)
     page.screenshot(path=str(path))
 
 
@@ -382,6 +389,10 @@ def test_notebook_in_the_browser(path: Path, lab: Lab, browser):
 
         spawned = started_by(kernel)
         namespaces = {ns for ns in spawned.values() if ns}
+        if "explore(" in path.read_text():  # its widget ran after the closing cell: workers are up again
+            assert namespaces, (
+                "no worker of the kernel was found before the shutdown: nothing would be proven"
+            )
         menu(page, "Kernel", "Shut Down Kernel")
         assert not wait_gone([kernel], 60), "the kernel did not exit after Shut Down Kernel"
         left = wait_gone(spawned, 10)
