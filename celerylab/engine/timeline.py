@@ -527,7 +527,7 @@ class Timeline:
                 return f"{head} [{a.uuid[:6]}]#{a.number}"
 
         lo = min([0.0] + [life.timestamp - t0 for life in self.lifecycle()]) if life else 0.0
-        char = (span - lo) * 0.09 / 7.5  # about one character at FONT, in seconds, on a ~7.5 in wide axis
+        char = (span - lo) * 0.1 / 7.5  # about one character at FONT, in seconds, on a ~7.5 in wide axis
         label_end: dict[tuple[int, int], float] = {}  # (row, level) -> where the last label there ends
         for a in sorted(attempts, key=lambda a: a.start):
             y = rows.index((a.hostname, a.pid))
@@ -544,13 +544,16 @@ class Timeline:
                     markersize=8,
                     zorder=3,
                 )
-            # Above the bar, else below it; when both are taken, where a label ends first, moved past it.
-            # One that would run past the axis' end (into the legend) ends there instead.
-            text = label(a)
-            x = min(a.start - t0, span - char * len(text))
-            level = min(
-                (0, 1), key=lambda lv: (label_end.get((y, lv), -1e9) >= x, label_end.get((y, lv), -1e9))
-            )
+            # Above the bar, else below it; when both are taken, just the attempt's number (its task was
+            # named on an earlier bar), where a label ends first, moved past it. One that would run past the
+            # axis' end (into the legend) ends there instead.
+            for text in (label(a), f"#{a.number}"):
+                x = min(a.start - t0, span - char * len(text))
+                level = min(
+                    (0, 1), key=lambda lv: (label_end.get((y, lv), -1e9) > x, label_end.get((y, lv), -1e9))
+                )
+                if label_end.get((y, level), -1e9) <= x:
+                    break
             x = max(x, label_end.get((y, level), -1e9))
             label_end[(y, level)] = x + char * (len(text) + 1)
             right = x + char * len(text) > span  # no room left on this row: end it at the axis' end
