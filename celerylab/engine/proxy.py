@@ -5,6 +5,8 @@
         proxy.cut()          # every connection dropped now (the worker sees a reset, reconnects)
         proxy.stall(5)       # bytes held both ways for 5 s (or until resume()): a link that hangs
         proxy.refuse()       # new connections reset at once, until accept(): a broker that is down
+        with proxy.down():   # both: cut, and refused until the block ends
+            ...
 
 It listens on a free loopback port only, relays with two threads per connection, and holds at most
 ``max_connections`` at a time (more are reset). A cut closes both sides with a reset (SO_LINGER 0), so the
@@ -21,6 +23,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 CHUNK = 65536
@@ -88,6 +91,17 @@ class Proxy:
 
     def accept(self) -> None:
         self._refusing = False
+
+    @contextlib.contextmanager
+    def down(self) -> Iterator[Proxy]:
+        """Inside the block the broker is gone to this proxy's clients: their connections are cut and new
+        ones refused; on exit they may connect again."""
+        self.refuse()
+        self.cut()
+        try:
+            yield self
+        finally:
+            self.accept()
 
     def stall(self, seconds: float | None = None) -> None:
         """Hold every byte both ways (nothing is lost: it flows again on :meth:`resume`, or after

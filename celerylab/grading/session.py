@@ -490,14 +490,12 @@ class LabRun:
         recorder.note(BROKER, what="broker-down", how=how, keep_data=keep_data)
         if server is not None:
             server.down(keep_data=keep_data)
-        for proxy in proxies:
-            proxy.refuse()
-            proxy.cut()
         try:
-            yield
+            with contextlib.ExitStack() as links:
+                for proxy in proxies:
+                    links.enter_context(proxy.down())
+                yield
         finally:
-            for proxy in proxies:
-                proxy.accept()
             if server is not None:
                 server.up()
                 self._drop_stale_connections()
@@ -533,12 +531,10 @@ class LabRun:
         down; everyone else still reaches it."""
         proxy = self.session.proxy_of(worker)
         self.session.recorder.note(BROKER, what="connection-down", worker=worker.hostname)
-        proxy.refuse()
-        proxy.cut()
         try:
-            yield proxy
+            with proxy.down():
+                yield proxy
         finally:
-            proxy.accept()
             self.session.recorder.note(BROKER, what="connection-up", worker=worker.hostname)
 
     @contextlib.contextmanager
