@@ -480,7 +480,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
             job = batch.Batch(lab, out, args.jobs, args.broker, support, tuple(hidden), args.timeout)
         subs = batch.plan(Path(args.submissions))
         if args.farm:
-            console.print(f"asking the farm at {farm.redact(args.farm)} (queue {args.farm_queue})...")
+            console.print(f"asking the farm at {brokers.redact(args.farm)} (queue {args.farm_queue})...")
             job.connect().close()  # fail fast, before the progress display: no broker, no worker, other kit
     except batch.BatchError as exc:
         console.print(f"[red]celerylab: {exc}[/red]", soft_wrap=True)

@@ -35,6 +35,18 @@ LOCAL_RABBITMQ = "amqp://guest:guest@127.0.0.1:5672//"
 CHOICES = ("auto", "embedded", "redis", "rabbitmq")
 
 
+REDIS_SCHEMES = ("redis://", "rediss://", "valkey://")
+AMQP_SCHEMES = ("amqp://", "pyamqp://", "amqps://")
+
+
+def is_redis_url(url: str) -> bool:
+    return url.startswith(REDIS_SCHEMES)
+
+
+def is_amqp_url(url: str) -> bool:
+    return url.startswith(AMQP_SCHEMES)
+
+
 class BrokerUnavailable(RuntimeError):
     """No broker could be used; the message says what to do."""
 
@@ -57,22 +69,22 @@ class Broker:
         """Stop the kit's own server, start it again on the same port (:meth:`EmbeddedValkey.restart`)."""
         if self.server is None:
             raise BrokerUnavailable(
-                f"the kit does not own the {self.kind} broker at {_redact(self.url)}, so it never restarts "
+                f"the kit does not own the {self.kind} broker at {redact(self.url)}, so it never restarts "
                 "it; cut the connections through a proxy instead (celerylab.engine.proxy)"
             )
         self.server.restart(keep_data=keep_data)
 
     @property
     def is_redis(self) -> bool:
-        return self.url.startswith(("redis://", "rediss://", "valkey://"))
+        return is_redis_url(self.url)
 
     @property
     def is_amqp(self) -> bool:
-        return self.url.startswith(("amqp://", "pyamqp://", "amqps://"))
+        return is_amqp_url(self.url)
 
     def describe(self) -> str:
-        backend = "same server" if self.backend_url == self.url else _redact(self.backend_url)
-        return f"{self.kind}: {_redact(self.url)} ({self.version}); results: {backend}"
+        backend = "same server" if self.backend_url == self.url else redact(self.backend_url)
+        return f"{self.kind}: {redact(self.url)} ({self.version}); results: {backend}"
 
 
 def redis_version(url: str, timeout: float = 0.5) -> str | None:
@@ -106,7 +118,7 @@ def amqp_version(url: str, timeout: float = 1.0) -> str | None:
 def open_broker(choice: str | None = None) -> Iterator[Broker]:
     """Yield a usable :class:`Broker`; an embedded server started here is stopped on exit."""
     if choice:
-        origin = f"--broker {_redact(choice)}"
+        origin = f"--broker {redact(choice)}"
     elif env := os.environ.get("CELERYLAB_BROKER_URL"):
         choice, origin = env, "$CELERYLAB_BROKER_URL"
     else:
@@ -117,9 +129,9 @@ def open_broker(choice: str | None = None) -> Iterator[Broker]:
         elif choice == "auto":
             local = os.environ.get("CELERYLAB_REDIS_URL", LOCAL_REDIS)
             if version := redis_version(local):
-                yield Broker("redis", local, local, version, f"Redis answered at {_redact(local)}")
+                yield Broker("redis", local, local, version, f"Redis answered at {redact(local)}")
             else:
-                why = f"no Redis answered at {_redact(local)}; started an embedded Valkey"
+                why = f"no Redis answered at {redact(local)}; started an embedded Valkey"
                 yield stack.enter_context(embedded_valkey(origin=why))
         elif choice == "redis":
             url = os.environ.get("CELERYLAB_REDIS_URL", LOCAL_REDIS)
@@ -130,7 +142,7 @@ def open_broker(choice: str | None = None) -> Iterator[Broker]:
         elif "://" in choice:
             if choice.startswith(("redis://", "rediss://")):
                 yield _redis_broker(choice, "url", origin)
-            elif choice.startswith(("amqp://", "pyamqp://", "amqps://")):
+            elif is_amqp_url(choice):
                 yield stack.enter_context(_amqp_broker(choice, "url", origin))
             else:
                 raise BrokerUnavailable(
@@ -147,7 +159,7 @@ def _redis_broker(url: str, kind: str, origin: str) -> Broker:
     version = redis_version(url)
     if version is None:
         raise BrokerUnavailable(
-            f"no Redis answered at {_redact(url)}. Start one (`redis-server`, or `docker compose up -d "
+            f"no Redis answered at {redact(url)}. Start one (`redis-server`, or `docker compose up -d "
             "redis`), or grade on the embedded server: --broker embedded"
         )
     return Broker(kind, url, url, version, origin)
@@ -158,7 +170,7 @@ def _amqp_broker(url: str, kind: str, origin: str) -> Iterator[Broker]:
     version = amqp_version(url)
     if version is None:
         raise BrokerUnavailable(
-            f"no RabbitMQ answered at {_redact(url)}. Start one (`rabbitmq-server -detached`, or "
+            f"no RabbitMQ answered at {redact(url)}. Start one (`rabbitmq-server -detached`, or "
             "`docker compose up -d rabbitmq`), or use --broker redis / --broker embedded"
         )
     backend = os.environ.get("CELERYLAB_BACKEND_URL") or os.environ.get("CELERYLAB_REDIS_URL", LOCAL_REDIS)
@@ -319,7 +331,8 @@ def embedded_valkey(
         server.close()
 
 
-def _redact(url: str) -> str:
+def redact(url: str) -> str:
+    """A URL as it may be printed: its password masked."""
     parts = urlsplit(url)
     if parts.password:
         return url.replace(f":{parts.password}@", ":***@")

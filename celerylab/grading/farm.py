@@ -47,8 +47,8 @@ from celery import Celery
 from celery.result import AsyncResult, ResultSet
 from celery.utils.log import get_task_logger
 from celery.worker.control import inspect_command
-from kombu.utils.url import maybe_sanitize_url
 
+from celerylab.engine.brokers import is_amqp_url, is_redis_url, redact
 from celerylab.grading import labs, sandbox
 from celerylab.grading.batch import Batch, BatchError, Graded, Submission, grade_work
 from celerylab.paths import kit_root
@@ -167,18 +167,14 @@ def mismatch(theirs: dict[str, Any], ours: dict[str, Any], lab: str) -> str:
 
 
 # -- the app --------------------------------------------------------------------------------------------
-def is_redis(url: str) -> bool:
-    return url.startswith(("redis://", "rediss://", "valkey://"))
-
-
 def settings(url: str, queue: str = DEFAULT_QUEUE) -> dict[str, Any]:
     """The farm's Celery settings, the same on both sides. Results: the Redis server itself, or on
     RabbitMQ ``rpc://`` (replies straight to the batch that asked)."""
-    if not is_redis(url) and not url.startswith(("amqp://", "amqps://", "pyamqp://")):
+    if not is_redis_url(url) and not is_amqp_url(url):
         raise FarmError(f"a farm runs on Redis/Valkey or RabbitMQ (redis:// or amqp://), not {redact(url)}")
     conf: dict[str, Any] = {
         "broker_url": url,
-        "result_backend": url if is_redis(url) else "rpc://",
+        "result_backend": url if is_redis_url(url) else "rpc://",
         "task_default_queue": queue,
         "task_default_exchange": queue,
         "task_default_routing_key": queue,
@@ -197,7 +193,7 @@ def settings(url: str, queue: str = DEFAULT_QUEUE) -> dict[str, Any]:
         "broker_connection_retry_on_startup": True,
         "broker_connection_timeout": 5,
     }
-    if is_redis(url):
+    if is_redis_url(url):
         prefix = {"global_keyprefix": f"{queue}:"}
         conf["broker_transport_options"] = {**prefix, "visibility_timeout": REDIS_VISIBILITY}
         conf["result_backend_transport_options"] = dict(prefix)
@@ -365,7 +361,7 @@ def run_worker(
 def remove(url: str, queue: str = DEFAULT_QUEUE) -> None:
     """Delete what a farm leaves on its broker once no worker or batch uses it (the tests' farms): on Redis
     every key under its prefix, on RabbitMQ its queue and exchanges. Never raises."""
-    if is_redis(url):
+    if is_redis_url(url):
         import redis
 
         with (
@@ -410,7 +406,7 @@ class FarmBatch(Batch):
 
     def __post_init__(self) -> None:
         settings(self.farm, self.queue)  # the URL's scheme
-        if is_redis(self.farm) and self.timeout + TIME_LIMIT_MARGIN >= REDIS_VISIBILITY:
+        if is_redis_url(self.farm) and self.timeout + TIME_LIMIT_MARGIN >= REDIS_VISIBILITY:
             raise FarmError(
                 f"on a Redis farm a grade's --timeout must stay under "
                 f"{REDIS_VISIBILITY - TIME_LIMIT_MARGIN:g} s (Redis hands an unacked grade to another worker "
@@ -480,7 +476,7 @@ class FarmBatch(Batch):
             with contextlib.suppress(Exception):
                 if left:  # an interrupted batch: queued grades are dropped, running ones stopped
                     app.control.revoke(left, terminate=True, signal="SIGKILL")
-            if is_redis(self.farm):  # the results are in: their keys go (rpc:// replies leave nothing)
+            if is_redis_url(self.farm):  # the results are in: their keys go (rpc:// replies leave nothing)
                 with contextlib.suppress(Exception):
                     for task_id in set(pending) - set(left):
                         app.backend.forget(task_id)
@@ -569,8 +565,3 @@ class FarmBatch(Batch):
             "\n".join(trace[-20:]),
             0.0,
         )
-
-
-def redact(url: str) -> str:
-    """URLs are printed; their passwords are not."""
-    return maybe_sanitize_url(url)
