@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -19,6 +20,14 @@ ROOT = kit_root()
 
 
 MARK = "CELERYLAB_TEST_MARK"
+
+
+def wait_until(condition, what: str, timeout: float) -> None:
+    """Poll ``condition`` until it holds; at ``timeout`` fail the test, naming what never happened."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout:g} s: {what}"
+        time.sleep(0.05)  # polling, bounded by the deadline above
 
 
 def kit_processes(mark: str | None = None) -> set[int]:

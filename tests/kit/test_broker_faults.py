@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -20,7 +19,7 @@ from celerylab.engine.brokers import Broker, embedded_valkey, open_broker
 from celerylab.engine.namespaces import Namespace
 from celerylab.engine.proxy import Proxy
 from celerylab.grading.session import LabRun, LabSession
-from tests.kit.conftest import is_gone
+from tests.kit.conftest import is_gone, wait_until
 
 TASKS = '''
 import os
@@ -87,13 +86,6 @@ def _gate(session: LabSession) -> redis.Redis:
     return redis.Redis.from_url(session.broker.backend_url, socket_timeout=5)
 
 
-def _wait(condition, what: str, timeout: float = BUDGET) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"no {what} within {timeout:.0f} s"
-        time.sleep(0.02)  # polling a counter the task keeps, bounded by the deadline above
-
-
 def _faults(run: LabRun) -> list[tuple[str, str]]:
     return [(life.detail, life.hostname) for life in run.timeline.lifecycle() if life.kind == "broker"]
 
@@ -125,7 +117,7 @@ def test_the_proxy_relays_cuts_refuses_and_holds_bytes():
             refused = None
         else:
             assert _ping(refused) == b""
-        _wait(lambda: proxy.refused == 1, "refusal counted", 5)
+        wait_until(lambda: proxy.refused == 1, "refusal counted", 5)
         proxy.accept()
         held = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
         assert _ping(held) == b"+PONG\r\n" and proxy.accepted == 2
@@ -228,7 +220,9 @@ def test_a_down_link_is_refused_while_others_reach_the_broker(shared):
     worker = shared.start_worker("down", through_proxy=True, concurrency=1)
     proxy = shared.proxy_of(worker)
     with run.connection_down(worker):
-        _wait(lambda: proxy.refused >= 1, "reconnection attempt refused")  # it kept trying (2 s, 4 s, ...)
+        wait_until(
+            lambda: proxy.refused >= 1, "reconnection attempt refused", BUDGET
+        )  # it kept trying (2 s, 4 s, ...)
         assert not worker.ping(0.5)  # the grader still reaches the broker; the worker does not
     run.wait_reconnected(worker)
     assert run.result(run.send("add", 3, 3)) == 6
@@ -279,20 +273,26 @@ def test_acks_late_task_running_during_a_cut_is_delivered_again(shared, cancel):
     gate, key = _gate(shared), f"{shared.ns.name}:{cancel}"
     try:
         result = run.send("gated", key)
-        _wait(lambda: gate.get(f"{key}:runs"), "first run")  # running, held at the gate
+        wait_until(lambda: gate.get(f"{key}:runs"), "first run", BUDGET)  # running, held at the gate
         worker.settle()
         run.cut_connection(worker)
-        _wait(lambda: int(gate.get(f"{key}:runs") or 0) >= 2, "second delivery")  # while the first holds
+        wait_until(
+            lambda: int(gate.get(f"{key}:runs") or 0) >= 2, "second delivery", BUDGET
+        )  # while the first holds
         gate.set(f"{key}:open", 1)
         run.wait(result)
         tries = run.timeline.attempts(result.id)
         assert len(tries) == 2 and tries[1].redelivered and tries[1].outcome == "success"
         if cancel:
-            _wait(lambda: run.timeline.attempts(result.id)[0].outcome != "running", "end of the first run")
+            wait_until(
+                lambda: run.timeline.attempts(result.id)[0].outcome != "running",
+                "end of the first run",
+                BUDGET,
+            )
             first = run.timeline.attempts(result.id)[0]
             assert int(gate.get(f"{key}:done")) == 1 and first.outcome != "success"  # terminated
         else:
-            _wait(lambda: int(gate.get(f"{key}:done") or 0) == 2, "second completion")
+            wait_until(lambda: int(gate.get(f"{key}:done") or 0) == 2, "second completion", BUDGET)
             both = lambda _: [t.outcome for t in run.timeline.attempts(result.id)] == ["success"] * 2  # noqa: E731
             run.wait_until(both, "both runs reported a success")  # the duplicate ran to its end too
     finally:

@@ -33,7 +33,7 @@ from celerylab.engine import processes
 from celerylab.grading import batch, farm, labs, sandbox
 from celerylab.grading.batch import Graded
 from celerylab.grading.results import GradeReport, TestResult
-from tests.kit.conftest import ROOT, run_celerylab
+from tests.kit.conftest import ROOT, run_celerylab, wait_until
 from tests.kit.test_batch import FULL, LAB, SOLUTION, hostile, make_class, read_gradebook
 
 REDIS = os.environ.get("CELERYLAB_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -68,13 +68,6 @@ def grade_processes(procs: dict[str, subprocess.Popen]) -> list[int]:
 
 def _zombie(entry: Path) -> bool:
     return (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-
-
-def wait_until(condition, what: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"not within {timeout:g} s: {what}"
-        time.sleep(0.1)
 
 
 @contextmanager
