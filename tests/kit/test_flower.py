@@ -31,8 +31,22 @@ def test_flower_api_reports_the_workload(ns, tmp_path, no_orphans):
     with start_worker(ns, SOLUTION, concurrency=2, env=env, log_path=tmp_path / "w.log") as worker:
         try:
             flower.start()  # before the workload: Flower knows only the events it heard
-            before = metrics.wait_scrape(metrics.endpoint(env), 10)
             app = ns.app("client")
+            # Flower's HTTP answers before its event consumer listens, and events sent before that are lost
+            # (a task without its name): a first task Flower reports whole, named and done, says it hears
+            # them now. Done means the worker's main process heard back from the pool process, so the task
+            # is counted on the endpoint too before the "before" scrape.
+            warm = app.send_task("tasks.resize", args=("warm-up", 0.0))
+            deadline = time.monotonic() + 20
+            while (flower.get("/api/tasks").json().get(warm.id) or {}).get("name") is None:
+                assert time.monotonic() < deadline, "Flower never heard the worker's events"
+                if warm.ready():  # it ran while Flower was still joining the event stream: send another
+                    warm = app.send_task("tasks.resize", args=("warm-up", 0.0))
+                time.sleep(0.2)  # polling Flower's state, bounded by the deadline above
+            while flower.get("/api/tasks").json()[warm.id]["state"] != "SUCCESS":
+                assert time.monotonic() < deadline, "Flower never saw the warm-up task succeed"
+                time.sleep(0.1)
+            before = metrics.wait_scrape(metrics.endpoint(env), 10)
             sent = [app.send_task("tasks.charge", args=(f"order-{n}", 0.05)) for n in range(4)]
             sent += [app.send_task("tasks.charge", args=(f"order-d{n}", 0.05, True)) for n in range(2)]
             sent += [app.send_task("tasks.resize", args=(f"img-{n}", 0.05)) for n in range(3)]
