@@ -201,6 +201,12 @@ def kill_all() -> None:
     sweep_strays()
 
 
+def forget_inherited() -> None:
+    """In a forked copy of the grader (a shard): the parent's children are the parent's to stop."""
+    with _lock:
+        _live.clear()
+
+
 def live_pids() -> list[int]:
     with _lock:
         return [pid for pid, proc in _live.items() if proc.poll() is None]

@@ -17,6 +17,9 @@ Loaded by the kit's root ``conftest.py``. Options, markers and fixtures:
   it merely relies on; a mutant of a rule may only fail tests that name it.
 - ``@pytest.mark.deadline(seconds)``: the test's budget (30 s if absent); waits stop there and say
   what was last seen instead of hanging. pytest-timeout stands behind it as a backstop.
+- ``@pytest.mark.together(name)`` and ``@pytest.mark.exclusive``: how the tests share the grade's time. They
+  run side by side, each group in a forked shard process (celerylab.grading.shards); ``--serial`` (or
+  ``$CELERYLAB_SERIAL=1``) runs them one after the other in one process.
 - fixtures ``lab`` (a :class:`~celerylab.grading.session.LabRun` per test) over ``lab_session`` (per module),
   and ``http_stub`` (a :class:`~celerylab.engine.stubs.ScriptedHTTPServer` per module).
 
@@ -25,13 +28,16 @@ A lab test module is ``tests/labs/test_<lab>.py``; the lab's name comes from the
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -40,8 +46,9 @@ from celerylab.engine.databases import DatabaseUnavailable
 from celerylab.engine.stubs import ScriptedHTTPServer
 from celerylab.engine.timeline import DeadlineExceeded
 from celerylab.engine.workers import WorkerError
+from celerylab.grading import shards
 from celerylab.grading.results import GradeReport, TestResult
-from celerylab.grading.session import LabFailure, LabRun, LabSession
+from celerylab.grading.session import LabFailure, LabRun, LabSession, probe_lab
 from celerylab.paths import kit_root, state_dir
 
 DEFAULT_TZ = "<+0545>-05:45"  # POSIX form (no tz database needed): UTC+05:45, no DST, not a whole hour
@@ -54,6 +61,7 @@ _BROKER = pytest.StashKey[dict[str, float]]()
 _RUN = pytest.StashKey[LabRun]()
 _INTERRUPTED = pytest.StashKey[bool]()
 _TEMP = pytest.StashKey[list[str]]()
+_SHARED = pytest.StashKey[dict[str, Any]]()  # what the shards share: the broker, each lab's folder and probe
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -69,6 +77,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption("--report-dir", default=None, help="where <lab>.json grade reports are written")
     group.addoption(
+        "--serial",
+        action="store_true",
+        help="run the tests one after the other in one process instead of side by side in shards",
+    )
+    group.addoption(
         "--tz",
         default=None,
         help=f"time zone for grader and workers (default: $CELERYLAB_TZ, else {DEFAULT_TZ}, i.e. UTC+05:45)",
@@ -83,6 +96,12 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         "rules(*ids, needs=()): the lab.toml rules an autograder test judges (and the ones it relies on)",
+    )
+    config.addinivalue_line(
+        "markers", "together(name): tests that judge one shared scenario run in the same shard (once)"
+    )
+    config.addinivalue_line(
+        "markers", "exclusive: the test restarts the shared embedded broker; it runs with nothing beside it"
     )
     config.stash[_REPORTS] = {}
     config.stash[_BROKER] = {}
@@ -169,8 +188,111 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         time.tzset()
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session: pytest.Session) -> bool | None:
+    """Graded tests run side by side in shards (celerylab.grading.shards); anything else, or ``--serial``,
+    gets pytest's own loop. The parent opens the broker and runs each lab's import probe once, for all."""
+    config = session.config
+    if session.testsfailed or not shards.wanted(config, session.items, _is_graded):
+        return None
+    with contextlib.ExitStack() as stack:
+        begun = time.monotonic()
+        try:
+            broker = stack.enter_context(open_broker(config.getoption("--broker")))
+        except BrokerUnavailable:
+            return None  # every test says so, as in a serial grade
+        config.stash[_BROKER]["broker_start"] = time.monotonic() - begun
+        shared: dict[str, Any] = {"broker": broker, "folders": {}, "probes": {}, "phases": {}}
+        config.stash[_SHARED] = shared
+        for module in dict.fromkeys(str(item.fspath) for item in session.items):
+            name = lab_name(Path(module))
+            folder = lab_folder(config.getoption("--target"), name, config.stash[_TEMP])
+            shared["folders"][module] = folder
+            shared["probes"][module] = probe_lab(name, folder)
+            shutil.rmtree(state_dir() / "logs" / name, ignore_errors=True)
+        restarts = broker.server is not None  # an exclusive test really stops this one
+        alone = {i for i, item in enumerate(session.items) if restarts and shards.exclusive(item)}
+        groups = [[i for i in group if i not in alone] for group in shards.plan(session.items, _deadline)]
+
+        def on_fork(number: int) -> None:
+            shared["shard"] = number
+
+        shards.Runner(session, [g for g in groups if g], alone, on_fork, _result_of, _take_result).run()
+        _merge_phases(config)
+        config.stash[_SHARED] = {}  # the exclusive tests ran here: later fixtures are the parent's own
+    return True
+
+
+def _result_of(config: pytest.Config, nodeid: str) -> dict[str, Any] | None:
+    """In a shard: what the grade report holds about a finished test, for the parent."""
+    for report in config.stash[_REPORTS].values():
+        for test in report.tests:
+            if test.id == nodeid:
+                shard = config.stash.get(_SHARED, {}).get("shard")
+                return {
+                    "lab": report.lab,
+                    "test": asdict(test),
+                    "phases": dict(report.phases),
+                    "shard": shard,
+                }
+    return None
+
+
+def _take_result(item: pytest.Item, payload: dict[str, Any] | None, message: str) -> None:
+    """In the parent: a test's result as a shard reported it, or a verdict for one a shard never finished."""
+    config = item.config
+    name = lab_name(Path(item.fspath))
+    report = _report(config, name)
+    if payload is None and not message:
+        return  # no result (a skipped test), as in a serial grade
+    if payload is not None:
+        test = TestResult(**payload["test"])
+        config.stash[_SHARED]["phases"][(payload["lab"], payload["shard"])] = payload["phases"]
+        report.target = report.target or _shown(config.stash[_SHARED]["folders"][str(item.fspath)])
+        report.broker = report.broker or config.stash[_SHARED]["broker"].describe()
+    else:
+        judged, needs = rules_of(item)
+        test = TestResult(
+            id=item.nodeid,
+            title=_title(item),
+            max_points=_points(item),
+            points=0.0,
+            status="fail",
+            message=message,
+            rules=list(judged),
+            needs=list(needs),
+            hidden=is_hidden(Path(item.fspath)),
+        )
+    report.tests = [t for t in report.tests if t.id != item.nodeid] + [test]
+
+
+def _merge_phases(config: pytest.Config) -> None:
+    """One set of phases per lab from its shards': time spent is summed, setup and teardown (side by side)
+    are the longest shard's."""
+    shared = config.stash[_SHARED]
+    for (lab, _), phases in shared["phases"].items():
+        merged = _report(config, lab).phases
+        for key, value in phases.items():
+            if key in ("session_setup", "teardown"):
+                merged[key] = max(merged.get(key, 0.0), value)
+            elif key != "broker_start":
+                merged[key] = round(merged.get(key, 0.0) + value, 3)
+        merged["shards"] = merged.get("shards", 0) + 1
+    for report in config.stash[_REPORTS].values():
+        report.phases["broker_start"] = round(config.stash[_BROKER].get("broker_start", 0.0), 3)
+        if report.target == "" and str(report.lab):
+            for module, folder in shared["folders"].items():
+                if lab_name(Path(module)) == report.lab:
+                    report.target = _shown(folder)
+        report.broker = report.broker or shared["broker"].describe()
+
+
 @pytest.fixture(scope="session")
 def celerylab_broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
+    shared = request.config.stash.get(_SHARED, {})
+    if "broker" in shared:  # opened by the parent of the shards, and closed by it
+        yield shared["broker"]
+        return
     begun = time.monotonic()
     with open_broker(request.config.getoption("--broker")) as broker:
         request.config.stash[_BROKER]["broker_start"] = time.monotonic() - begun
@@ -180,10 +302,22 @@ def celerylab_broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
 @pytest.fixture(scope="module")
 def lab_session(request: pytest.FixtureRequest, celerylab_broker: Broker) -> Iterator[LabSession]:
     name = lab_name(Path(request.module.__file__))
-    folder = lab_folder(request.config.getoption("--target"), name, request.config.stash[_TEMP])
+    shared = request.config.stash.get(_SHARED, {})
+    module = str(Path(request.module.__file__))
+    folder = shared.get("folders", {}).get(module) or lab_folder(
+        request.config.getoption("--target"), name, request.config.stash[_TEMP]
+    )
+    logdir = state_dir() / "logs" / name
+    if "shard" in shared:  # each shard its own folder of worker logs (the parent emptied the lab's)
+        logdir = logdir / f"shard-{shared['shard']}"
     begun = time.monotonic()
     session = LabSession(
-        name, folder, celerylab_broker, state_dir() / "logs" / name, request.config.getoption("--database")
+        name,
+        folder,
+        celerylab_broker,
+        logdir,
+        request.config.getoption("--database"),
+        probe=shared.get("probes", {}).get(module),
     )
     report = _report(request.config, name)
     report.target = _shown(folder)
@@ -251,7 +385,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         judged, needs = rules_of(item)
         if log:
             rep.sections.append(("celerylab worker logs", log))
-        title = (getattr(item.obj, "__doc__", None) or item.name).strip().splitlines()[0]
+        title = _title(item)
         result = TestResult(
             id=item.nodeid,
             title=title,
@@ -268,6 +402,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
             hidden=is_hidden(Path(item.fspath)),
         )
         report.tests = [t for t in report.tests if t.id != item.nodeid] + [result]
+
+
+def _title(item: pytest.Item) -> str:
+    return (getattr(item.obj, "__doc__", None) or item.name).strip().splitlines()[0]
 
 
 def _message(call: pytest.CallInfo) -> str:

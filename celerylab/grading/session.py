@@ -72,7 +72,13 @@ def expect(condition: Any, what: str, *, expected: str = "", observed: str = "",
 
 class LabSession:
     def __init__(
-        self, name: str, folder: Path, broker: Broker, logdir: Path, database: str | None = None
+        self,
+        name: str,
+        folder: Path,
+        broker: Broker,
+        logdir: Path,
+        database: str | None = None,
+        probe: dict[str, Any] | None = None,
     ) -> None:
         self.name, self.folder, self.broker = name, folder, broker
         lab = _catalogued(name)
@@ -97,6 +103,7 @@ class LabSession:
         logdir.mkdir(parents=True, exist_ok=True)
         processes.become_subreaper()  # what the learner's code starts and orphans still comes to us
         self._probe_result: dict[str, Any] | None = None
+        self._given_probe = probe  # already run (by the parent of the shards): not again
         self._probing = threading.Thread(target=self._run_probe, name="celerylab-probe", daemon=True)
         self._probing.start()  # overlaps the recorder's start and the first worker's
         self.app = self.ns.app("grader")
@@ -115,52 +122,12 @@ class LabSession:
         return self._probe_result
 
     def _run_probe(self) -> None:
-        result = self._probe()
+        result = self._given_probe or probe_lab(self.name, self.folder)
         if result["ok"] and self.database is not None:  # tables before any worker or test touches them
             error = databases.migrate(self.folder)
             if error:
                 result = {"ok": False, "kind": "migrate", "message": f"making the database failed: {error}"}
         self._probe_result = result
-
-    def _probe(self) -> dict[str, Any]:
-        """Import tasks.py in a throwaway process. The verdict is taken the moment the probe prints it;
-        then the probe's whole group goes (a child the import started must not hold the grade up),
-        and a process that ends without one crashed, while one that never prints hangs."""
-        if not self.folder.is_dir():
-            return {"ok": False, "kind": "missing", "message": f"{self.folder} does not exist."}
-        scratch = Path(tempfile.mkdtemp(prefix="celerylab-probe-"))  # not the log folder: a grade of the
-        log = scratch / "probe.log"  # same lab starting meanwhile empties that one
-        cmd = [sys.executable, "-m", "celerylab.engine.runtime", "probe", str(self.folder), self.app_module]
-        proc = processes.spawn(cmd, log_path=log, cwd=self.folder)
-        deadline = time.monotonic() + PROBE_TIMEOUT
-        try:
-            while True:
-                exited = proc.poll() is not None
-                for line in reversed(log.read_text(errors="replace").splitlines()):
-                    if line.startswith(runtime.PROBE_MARK):
-                        return json.loads(line[len(runtime.PROBE_MARK) :])
-                if exited:
-                    out = log.read_text(errors="replace")
-                    return {
-                        "ok": False,
-                        "kind": "crash",
-                        "message": f"importing {self.source} ended Python (exit code {proc.returncode}) "
-                        f"before it finished:\n{out[-1500:]}".rstrip(),
-                    }
-                if time.monotonic() > deadline:
-                    return {
-                        "ok": False,
-                        "kind": "timeout",
-                        "message": (
-                            f"importing {self.source} did not finish within {PROBE_TIMEOUT:.0f} s. Is there "
-                            "an infinite loop or a blocking call (a network request, input(), a result's "
-                            ".get()) at module level?"
-                        ),
-                    }
-                time.sleep(0.01)  # polling the probe's own output, bounded by the deadline above
-        finally:
-            processes.kill_group(proc)
-            shutil.rmtree(scratch, ignore_errors=True)
 
     # -- the learner's code ---------------------------------------------------------------------
     def require_import(self) -> None:
@@ -580,6 +547,52 @@ class LabRun:
             return self.timeline.wait_for(predicate, limit, what)
         except DeadlineExceeded as exc:
             raise LabFailure(verdict(f"Gave up waiting for {what}.", observed=str(exc))) from None
+
+
+def probe_lab(name: str, folder: Path) -> dict[str, Any]:
+    """Import the lab's tasks.py (lab.toml ``app``) in a throwaway process, with the lab's environment.
+    The verdict is taken the moment the probe prints it; then the probe's whole group goes (a child the
+    import started must not hold the grade up), and a process that ends without one crashed, while one
+    that never prints hangs."""
+    lab = _catalogued(name)
+    app_module = lab.app if lab else "tasks"
+    source = "tasks.py" if app_module == "tasks" else f"the project ({lab.app_file})"
+    env = {**os.environ, **(dict(lab.env) if lab else {})}
+    if not folder.is_dir():
+        return {"ok": False, "kind": "missing", "message": f"{folder} does not exist."}
+    scratch = Path(tempfile.mkdtemp(prefix="celerylab-probe-"))  # not the log folder: a grade of the
+    log = scratch / "probe.log"  # same lab starting meanwhile empties that one
+    cmd = [sys.executable, "-m", "celerylab.engine.runtime", "probe", str(folder), app_module]
+    proc = processes.spawn(cmd, log_path=log, cwd=folder, env=env)
+    deadline = time.monotonic() + PROBE_TIMEOUT
+    try:
+        while True:
+            exited = proc.poll() is not None
+            for line in reversed(log.read_text(errors="replace").splitlines()):
+                if line.startswith(runtime.PROBE_MARK):
+                    return json.loads(line[len(runtime.PROBE_MARK) :])
+            if exited:
+                out = log.read_text(errors="replace")
+                return {
+                    "ok": False,
+                    "kind": "crash",
+                    "message": f"importing {source} ended Python (exit code {proc.returncode}) "
+                    f"before it finished:\n{out[-1500:]}".rstrip(),
+                }
+            if time.monotonic() > deadline:
+                return {
+                    "ok": False,
+                    "kind": "timeout",
+                    "message": (
+                        f"importing {source} did not finish within {PROBE_TIMEOUT:.0f} s. Is there "
+                        "an infinite loop or a blocking call (a network request, input(), a result's "
+                        ".get()) at module level?"
+                    ),
+                }
+            time.sleep(0.01)  # polling the probe's own output, bounded by the deadline above
+    finally:
+        processes.kill_group(proc)
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _answers(worker: Worker) -> bool:

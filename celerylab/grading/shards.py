@@ -1,0 +1,357 @@
+"""A lab's tests side by side: each group of tests runs in a forked pytest process of its own, a shard.
+
+The tests of one lab mostly wait on Celery (countdowns, backoff, visibility timeouts, time limits) and barely
+use the CPU, so a grade that runs them side by side costs about its longest scenario instead of the sum.
+
+A shard is a fork of the pytest process taken after collection, so it pays no interpreter start and no
+collection; the broker is opened once, by the parent, and every lab's import probe runs once, before the
+fork. Each shard has a lab session of its own (namespace, event recorder, workers, HTTP stub, database): no
+test can see another test's tasks, and a verdict cannot depend on which tests overlapped. A shard runs its
+tests with pytest's own protocol (fixtures, pytest-timeout's backstop, the grade report's hooks) and sends
+every report to the parent, which replays them in collection order: the progress line, ``-v``, the score
+table and the JSON report read as in a serial run.
+
+Markers (a lab author writes a test as usual, plus at most one of these):
+
+- ``@pytest.mark.together("name")``: tests that judge one shared scenario (a module fixture that runs it)
+  go to the same shard, so the scenario runs once. Without it, a module fixture is made afresh in every shard
+  that uses one, which is correct but costs its setup again.
+- ``@pytest.mark.exclusive``: the test disturbs what every shard shares: it restarts the embedded broker. It
+  runs after every shard has ended, in the main process, with nothing beside it. On a broker the kit may not
+  restart, its faults reach only its own proxied workers, so there it runs side by side like any other.
+
+``--serial`` (or ``$CELERYLAB_SERIAL=1``) runs the tests one after the other in one process, as plain pytest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import pickle
+import select
+import signal
+import struct
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import pytest
+
+from celerylab.engine import processes
+
+SERIAL_ENV = "CELERYLAB_SERIAL"
+MAX_SHARDS = int(os.environ.get("CELERYLAB_SHARDS", "8"))
+KIT_FIXTURES = {"lab_session", "celerylab_broker", "http_stub"}  # made per shard by design
+_HEADER = struct.Struct("!I")
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass
+class Shard:
+    """A group of tests (indices into the session's items) and, once forked, its process."""
+
+    items: list[int]
+    pid: int = 0
+    fd: int = -1
+    buffer: bytearray = field(default_factory=bytearray)
+    done: set[int] = field(default_factory=set)
+    exit_code: int | None = None
+
+
+def wanted(
+    config: pytest.Config, items: Sequence[pytest.Item], is_graded: Callable[[pytest.Item], bool]
+) -> bool:
+    """Shard when every test is an autograder test and nothing asks for one process (``--serial``, a
+    debugger, ``-x``, collect-only)."""
+    option = config.option
+    return (
+        hasattr(os, "fork")
+        and len(items) > 1
+        and all(is_graded(item) for item in items)
+        and not config.getoption("--serial")
+        and os.environ.get(SERIAL_ENV, "") in ("", "0")
+        and not option.collectonly
+        and not getattr(option, "usepdb", False)
+        and not getattr(option, "maxfail", 0)
+    )
+
+
+def exclusive(item: pytest.Item) -> bool:
+    return item.get_closest_marker("exclusive") is not None
+
+
+def plan(
+    items: Sequence[pytest.Item], weight: Callable[[pytest.Item], float], limit: int = MAX_SHARDS
+) -> list[list[int]]:
+    """Groups of item indices, each group one shard, in the order they should start.
+
+    A group is one module's tests that share a ``together`` name, or a single test. With more groups than
+    ``limit`` the groups are packed into ``limit`` shards, heaviest first onto the lightest shard, by
+    ``weight`` (a test's expected seconds)."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    for index, item in enumerate(items):
+        mark = item.get_closest_marker("together")
+        key = (str(item.fspath), mark.args[0] if mark else f"#{index}")
+        groups.setdefault(key, []).append(index)
+    ordered = sorted(groups.values(), key=lambda group: group[0])
+    if len(ordered) <= limit:
+        return ordered
+    shards: list[list[int]] = [[] for _ in range(limit)]
+    loads = [0.0] * limit
+    for group in sorted(ordered, key=lambda g: -sum(weight(items[i]) for i in g)):
+        lightest = loads.index(min(loads))
+        shards[lightest].extend(group)
+        loads[lightest] += sum(weight(items[i]) for i in group)
+    return sorted((sorted(shard) for shard in shards if shard), key=lambda shard: shard[0])
+
+
+class Runner:
+    """The parent: forks the shards, collects their reports, replays them in order, runs exclusive tests."""
+
+    def __init__(
+        self,
+        session: pytest.Session,
+        groups: list[list[int]],
+        parent_runs: set[int],
+        on_fork: Callable[[int], None],
+        result_of: Callable[[pytest.Config, str], dict | None],
+        take_result: Callable[[pytest.Item, dict | None, str], None],
+    ) -> None:
+        self.session, self.config = session, session.config
+        self.items: list[pytest.Item] = list(session.items)
+        self.shards = [Shard(items=group) for group in groups]
+        self.parent_runs = parent_runs  # exclusive tests: run here, once every shard has ended
+        self.on_fork, self.result_of, self.take_result = on_fork, result_of, take_result
+        self.finished: dict[int, list[tuple]] = {}  # item index -> its messages, until replayed
+        self.replayed = 0  # every item before this index has been shown
+
+    # -- the parent -----------------------------------------------------------------------------------
+    def run(self) -> None:
+        try:
+            for shard in self.shards:
+                self._fork(shard)
+            self._collect()
+        except KeyboardInterrupt:
+            self._stop_shards()
+            raise
+        self._replay()
+        if self.parent_runs:
+            self.on_fork(len(self.shards))  # the main process is the last shard (its own log folder)
+        for index in sorted(self.parent_runs):
+            self._replay(until=index)
+            later = [i for i in sorted(self.parent_runs) if i > index]
+            nextitem = self.items[later[0]] if later else None
+            self.config.hook.pytest_runtest_protocol(item=self.items[index], nextitem=nextitem)
+            self.replayed = index + 1
+            self._replay()
+
+    def _fork(self, shard: Shard) -> None:
+        read, write = os.pipe()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # the shard: never returns
+            os.close(read)
+            _Shard(self, shard, write).main()
+        os.close(write)
+        shard.pid, shard.fd = pid, read
+
+    def _collect(self) -> None:
+        """Read every shard's messages until each has ended; replay what is complete as it arrives."""
+        open_fds = {shard.fd: shard for shard in self.shards}
+        while open_fds:
+            ready, _, _ = select.select(list(open_fds), [], [], 1.0)
+            for fd in ready:
+                shard = open_fds[fd]
+                chunk = os.read(fd, 1 << 16)
+                if chunk:
+                    shard.buffer.extend(chunk)
+                    for message in _messages(shard.buffer):
+                        self._receive(shard, message)
+                    continue
+                del open_fds[fd]
+                os.close(fd)
+                _, status = os.waitpid(shard.pid, 0)
+                shard.exit_code = os.waitstatus_to_exitcode(status)
+                self._lost(shard)
+            self._replay()
+
+    def _receive(self, shard: Shard, message: tuple) -> None:
+        kind, index = message[0], message[1]
+        if kind == "interrupted":
+            raise KeyboardInterrupt
+        self.finished.setdefault(index, [])
+        if kind == "finish":
+            shard.done.add(index)
+        self.finished[index].append(message)
+
+    def _lost(self, shard: Shard) -> None:
+        """A shard that ended before reporting every test (the learner's code ended the grader's process,
+        say): each of its unreported tests gets a verdict that says so."""
+        for index in shard.items:
+            if index in shard.done:
+                continue
+            item = self.items[index]
+            code = shard.exit_code
+            why = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+            message = (
+                "The grader's process running this test ended before it finished "
+                f"({why}).\nexpected: the test to run to its verdict\n"
+                "try:      check that tasks.py does not end the process that imports it (os._exit, "
+                "sys.exit at import, a signal); then grade again."
+            )
+            report = pytest.TestReport(
+                nodeid=item.nodeid,
+                location=item.location,
+                keywords={},
+                outcome="failed",
+                longrepr=message,
+                when="call",
+            )
+            self.finished[index] = [
+                ("start", index, item.location),
+                (
+                    "report",
+                    index,
+                    self.config.hook.pytest_report_to_serializable(config=self.config, report=report),
+                ),
+                ("finish", index, item.location, None, message),
+            ]
+            shard.done.add(index)
+
+    def _replay(self, until: int | None = None) -> None:
+        """Show every finished test in collection order, up to the first unfinished one (or ``until``)."""
+        stop = len(self.items) if until is None else until
+        while self.replayed < stop and self.replayed not in self.parent_runs:
+            messages = self.finished.get(self.replayed)
+            if not messages or messages[-1][0] != "finish":
+                return
+            item = self.items[self.replayed]
+            hook = self.config.hook
+            for message in messages:
+                if message[0] == "start":
+                    hook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+                elif message[0] == "report":
+                    report = hook.pytest_report_from_serializable(config=self.config, data=message[2])
+                    hook.pytest_runtest_logreport(report=report)
+                elif message[0] == "finish":
+                    self.take_result(item, message[3], message[4])
+                    hook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+            del self.finished[self.replayed]
+            self.replayed += 1
+
+    def _stop_shards(self, grace: float = 20.0) -> None:
+        """Ctrl-C: each shard got the SIGINT too (same process group) and tears its fixtures down; wait for
+        that, bounded, then kill what is left. Their workers die with them (parent-death signals)."""
+        live = [shard for shard in self.shards if shard.pid and shard.exit_code is None]
+        for shard in live:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(shard.pid, signal.SIGINT)
+        deadline = time.monotonic() + grace
+        for shard in live:
+            while time.monotonic() < deadline:
+                pid, _ = os.waitpid(shard.pid, os.WNOHANG)
+                if pid:
+                    break
+                time.sleep(0.05)  # polling the shard's exit, bounded by the deadline above
+            else:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(shard.pid, signal.SIGKILL)
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(shard.pid, 0)
+            shard.exit_code = -1
+        for shard in self.shards:
+            if shard.fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(shard.fd)
+        processes.sweep_strays()
+
+
+class _Shard:
+    """The child side: runs its tests with pytest's protocol and streams every report to the parent."""
+
+    def __init__(self, runner: Runner, shard: Shard, fd: int) -> None:
+        self.runner, self.shard, self.fd = runner, shard, fd
+        self.config = runner.config
+        self.index_of = {runner.items[i].nodeid: i for i in shard.items}
+
+    def main(self) -> None:
+        code = 0
+        try:
+            self._become_shard()
+            items = [self.runner.items[i] for i in self.shard.items]
+            for n, item in enumerate(items):
+                nextitem = items[n + 1] if n + 1 < len(items) else None
+                self.config.hook.pytest_runtest_protocol(item=item, nextitem=nextitem)
+        except KeyboardInterrupt:
+            code = 130
+            with contextlib.suppress(BaseException):
+                self.runner.session._setupstate.teardown_exact(None)  # every fixture: workers stopped
+            with contextlib.suppress(BaseException):
+                self._send(("interrupted", -1))
+        except BaseException:  # a grader bug: say so rather than vanish
+            code = 70
+            with contextlib.suppress(BaseException):
+                import traceback
+
+                os.write(2, traceback.format_exc().encode())
+        finally:
+            with contextlib.suppress(BaseException):
+                processes.kill_all()
+            os._exit(code)
+
+    def _become_shard(self) -> None:
+        """Forget what is the parent's (its children, terminal, captured output); die with the parent."""
+        if sys.platform.startswith("linux"):
+            with contextlib.suppress(OSError):
+                ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() == 1:
+            os._exit(1)
+        processes.forget_inherited()
+        for other in self.runner.shards:
+            if other.fd >= 0 and other is not self.shard:
+                with contextlib.suppress(OSError):
+                    os.close(other.fd)
+        manager = self.config.pluginmanager
+        capture = manager.getplugin("capturemanager")
+        if capture is not None and capture._global_capturing is not None:  # the parent's capture files
+            capture._global_capturing.stop_capturing()
+            capture._global_capturing = None
+            capture.start_global_capturing()
+        reporter = manager.getplugin("terminalreporter")
+        if reporter is not None:
+            manager.unregister(reporter)
+        manager.register(self, name="celerylab-shard")
+        self.runner.on_fork(self.runner.shards.index(self.shard))
+
+    def _send(self, message: tuple) -> None:
+        data = pickle.dumps(message)
+        view = memoryview(_HEADER.pack(len(data)) + data)
+        while view:
+            written = os.write(self.fd, view)
+            view = view[written:]
+
+    # pytest hooks, in the shard
+    def pytest_runtest_logstart(self, nodeid: str, location: tuple) -> None:
+        self._send(("start", self.index_of[nodeid], location))
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        data = self.config.hook.pytest_report_to_serializable(config=self.config, report=report)
+        self._send(("report", self.index_of[report.nodeid], data))
+
+    def pytest_runtest_logfinish(self, nodeid: str, location: tuple) -> None:
+        self._send(
+            ("finish", self.index_of[nodeid], location, self.runner.result_of(self.config, nodeid), "")
+        )
+
+
+def _messages(buffer: bytearray) -> Iterator[tuple]:
+    while len(buffer) >= _HEADER.size:
+        (size,) = _HEADER.unpack_from(buffer)
+        if len(buffer) < _HEADER.size + size:
+            return
+        data = bytes(buffer[_HEADER.size : _HEADER.size + size])
+        del buffer[: _HEADER.size + size]
+        yield pickle.loads(data)
