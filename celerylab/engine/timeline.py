@@ -259,6 +259,23 @@ class Timeline:
             if (type is None or e.type == type) and (uuid is None or e.uuid == uuid) and e.type != MARK
         ]
 
+    def busy(self) -> float:
+        """Seconds during which some task of this timeline was in flight, from its first event (sent) to
+        its last (final, or the last seen of one that never finished): the waiting its scenario imposes
+        (countdowns, backoff, run time, redelivery), which no grader can shorten. Worker starts, pings and
+        the grader's own setup fall outside it."""
+        spans: dict[str, list[float]] = {}
+        for e in self.events():
+            if e.uuid:
+                span = spans.setdefault(e.uuid, [e.timestamp, e.timestamp])
+                span[0], span[1] = min(span[0], e.timestamp), max(span[1], e.timestamp)
+        total, reach = 0.0, float("-inf")
+        for start, end in sorted(spans.values()):
+            if end > reach:
+                total += end - max(start, reach)
+                reach = end
+        return total
+
     def names(self) -> dict[str, str]:
         return {e.uuid: e.get("name") for e in self.events() if e.uuid and e.get("name")}
 

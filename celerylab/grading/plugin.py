@@ -202,14 +202,19 @@ def pytest_runtestloop(session: pytest.Session) -> bool | None:
         except BrokerUnavailable:
             return None  # every test says so, as in a serial grade
         config.stash[_BROKER]["broker_start"] = time.monotonic() - begun
-        shared: dict[str, Any] = {"broker": broker, "folders": {}, "probes": {}, "phases": {}}
+        shared: dict[str, Any] = {"broker": broker, "folders": {}, "phases": {}}
         config.stash[_SHARED] = shared
         for module in dict.fromkeys(str(item.fspath) for item in session.items):
             name = lab_name(Path(module))
-            folder = lab_folder(config.getoption("--target"), name, config.stash[_TEMP])
-            shared["folders"][module] = folder
-            shared["probes"][module] = probe_lab(name, folder)
+            shared["folders"][module] = lab_folder(config.getoption("--target"), name, config.stash[_TEMP])
             shutil.rmtree(state_dir() / "logs" / name, ignore_errors=True)
+
+        def probe_every_lab() -> dict[str, dict[str, Any]]:  # while the shards start their workers
+            return {
+                module: probe_lab(lab_name(Path(module)), folder)
+                for module, folder in shared["folders"].items()
+            }
+
         restarts = broker.server is not None  # an exclusive test really stops this one
         alone = {i for i, item in enumerate(session.items) if restarts and shards.exclusive(item)}
         groups = [[i for i in group if i not in alone] for group in shards.plan(session.items, _deadline)]
@@ -217,7 +222,11 @@ def pytest_runtestloop(session: pytest.Session) -> bool | None:
         def on_fork(number: int) -> None:
             shared["shard"] = number
 
-        shards.Runner(session, [g for g in groups if g], alone, on_fork, _result_of, _take_result).run()
+        runner = shards.Runner(
+            session, [g for g in groups if g], alone, on_fork, _result_of, _take_result, probe_every_lab
+        )
+        shared["probes"] = lambda module: runner.received()[module]
+        runner.run()
         _merge_phases(config)
         config.stash[_SHARED] = {}  # the exclusive tests ran here: later fixtures are the parent's own
     return True
@@ -317,7 +326,7 @@ def lab_session(request: pytest.FixtureRequest, celerylab_broker: Broker) -> Ite
         celerylab_broker,
         logdir,
         request.config.getoption("--database"),
-        probe=shared.get("probes", {}).get(module),
+        probe=(lambda: shared["probes"](module)) if "probes" in shared else None,
     )
     report = _report(request.config, name)
     report.target = _shown(folder)
@@ -395,6 +404,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
             message=message,
             duration=round(rep.duration, 3),
             backoff_wait=round(run.backoff_wait, 3) if run else 0.0,
+            waited=round(_waited(run), 3),
             log=log[-3000:],
             timeline=run.evidence.table() if (run and rep.failed) else "",
             rules=list(judged),
@@ -402,6 +412,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
             hidden=is_hidden(Path(item.fspath)),
         )
         report.tests = [t for t in report.tests if t.id != item.nodeid] + [result]
+
+
+def _waited(run: LabRun | None) -> float:
+    """What the test's scenario waited on Celery (its evidence's busy time), for the latency benchmark."""
+    try:
+        return run.evidence.busy() if run else 0.0
+    except Exception:  # a recorder that never started: nothing was in flight
+        return 0.0
 
 
 def _title(item: pytest.Item) -> str:

@@ -26,6 +26,7 @@ class TestResult:
     message: str = ""
     duration: float = 0.0
     backoff_wait: float = 0.0  # seconds the test had to wait for countdowns the lab's rules impose
+    waited: float = 0.0  # seconds its scenario's tasks were in flight (Timeline.busy): what no grader can cut
     log: str = ""  # the tail of the worker logs, for a failed test
     timeline: str = ""  # Timeline.table() of a failed test: every attempt, which process, outcome
     rules: list[str] = field(default_factory=list)  # the lab.toml rules this test judges

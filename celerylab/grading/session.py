@@ -29,7 +29,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -78,7 +78,7 @@ class LabSession:
         broker: Broker,
         logdir: Path,
         database: str | None = None,
-        probe: dict[str, Any] | None = None,
+        probe: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.name, self.folder, self.broker = name, folder, broker
         lab = _catalogued(name)
@@ -103,7 +103,7 @@ class LabSession:
         logdir.mkdir(parents=True, exist_ok=True)
         processes.become_subreaper()  # what the learner's code starts and orphans still comes to us
         self._probe_result: dict[str, Any] | None = None
-        self._given_probe = probe  # already run (by the parent of the shards): not again
+        self._given_probe = probe  # run elsewhere (by the parent of the shards): its result, when ready
         self._probing = threading.Thread(target=self._run_probe, name="celerylab-probe", daemon=True)
         self._probing.start()  # overlaps the recorder's start and the first worker's
         self.app = self.ns.app("grader")
@@ -122,7 +122,7 @@ class LabSession:
         return self._probe_result
 
     def _run_probe(self) -> None:
-        result = self._given_probe or probe_lab(self.name, self.folder)
+        result = self._given_probe() if self._given_probe else probe_lab(self.name, self.folder)
         if result["ok"] and self.database is not None:  # tables before any worker or test touches them
             error = databases.migrate(self.folder)
             if error:

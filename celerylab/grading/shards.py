@@ -36,6 +36,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
@@ -54,7 +55,8 @@ class Shard:
 
     items: list[int]
     pid: int = 0
-    fd: int = -1
+    fd: int = -1  # the parent reads the shard's reports here
+    down: int = -1  # and sends it what it learnt after the fork (the import probes) here
     buffer: bytearray = field(default_factory=bytearray)
     done: set[int] = field(default_factory=set)
     exit_code: int | None = None
@@ -118,12 +120,16 @@ class Runner:
         on_fork: Callable[[int], None],
         result_of: Callable[[pytest.Config, str], dict | None],
         take_result: Callable[[pytest.Item, dict | None, str], None],
+        after_fork: Callable[[], Any] = lambda: None,
     ) -> None:
         self.session, self.config = session, session.config
         self.items: list[pytest.Item] = list(session.items)
         self.shards = [Shard(items=group) for group in groups]
         self.parent_runs = parent_runs  # exclusive tests: run here, once every shard has ended
         self.on_fork, self.result_of, self.take_result = on_fork, result_of, take_result
+        self.after_fork = after_fork  # run by the parent while the shards set up; its result goes to each
+        self._received: Any = None
+        self._down = -1  # in a shard: where the parent's payload arrives
         self.finished: dict[int, list[tuple]] = {}  # item index -> its messages, until replayed
         self.replayed = 0  # every item before this index has been shown
 
@@ -132,6 +138,12 @@ class Runner:
         try:
             for shard in self.shards:
                 self._fork(shard)
+            payload = pickle.dumps(self.after_fork())
+            for shard in self.shards:
+                with contextlib.suppress(OSError):  # a shard that already ended reads nothing
+                    _write_all(shard.down, payload)
+                os.close(shard.down)
+                shard.down = -1
             self._collect()
         except KeyboardInterrupt:
             self._stop_shards()
@@ -147,16 +159,31 @@ class Runner:
             self.replayed = index + 1
             self._replay()
 
+    def received(self) -> Any:
+        """In a shard: what the parent's ``after_fork`` returned (waits for it the first time)."""
+        if self._down >= 0:
+            chunks = []
+            while chunk := os.read(self._down, 1 << 16):
+                chunks.append(chunk)
+            os.close(self._down)
+            self._down = -1
+            self._received = pickle.loads(b"".join(chunks))
+        return self._received
+
     def _fork(self, shard: Shard) -> None:
         read, write = os.pipe()
+        down_read, down_write = os.pipe()
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:  # the shard: never returns
             os.close(read)
+            os.close(down_write)
+            self._down = down_read
             _Shard(self, shard, write).main()
         os.close(write)
-        shard.pid, shard.fd = pid, read
+        os.close(down_read)
+        shard.pid, shard.fd, shard.down = pid, read, down_write
 
     def _collect(self) -> None:
         """Read every shard's messages until each has ended; replay what is complete as it arrives."""
@@ -310,10 +337,11 @@ class _Shard:
         if os.getppid() == 1:
             os._exit(1)
         processes.forget_inherited()
-        for other in self.runner.shards:
-            if other.fd >= 0 and other is not self.shard:
-                with contextlib.suppress(OSError):
-                    os.close(other.fd)
+        for other in self.runner.shards:  # the parent's ends of the earlier shards' pipes
+            for fd in (other.fd, other.down):
+                if fd >= 0 and other is not self.shard:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
         manager = self.config.pluginmanager
         capture = manager.getplugin("capturemanager")
         if capture is not None and capture._global_capturing is not None:  # the parent's capture files
@@ -328,10 +356,7 @@ class _Shard:
 
     def _send(self, message: tuple) -> None:
         data = pickle.dumps(message)
-        view = memoryview(_HEADER.pack(len(data)) + data)
-        while view:
-            written = os.write(self.fd, view)
-            view = view[written:]
+        _write_all(self.fd, _HEADER.pack(len(data)) + data)
 
     # pytest hooks, in the shard
     def pytest_runtest_logstart(self, nodeid: str, location: tuple) -> None:
@@ -345,6 +370,12 @@ class _Shard:
         self._send(
             ("finish", self.index_of[nodeid], location, self.runner.result_of(self.config, nodeid), "")
         )
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _messages(buffer: bytearray) -> Iterator[tuple]:

@@ -463,6 +463,7 @@ def crash(lab_session: LabSession):
             conn.default_channel.exchange_delete(queue)
 
 
+@pytest.mark.together("crash")
 @pytest.mark.points(3)
 @pytest.mark.deadline(30)
 @pytest.mark.rules("report-survives-worker-crash")
@@ -493,6 +494,7 @@ def test_late_ack_task_survives_a_worker_crash(lab, crash):
     )
 
 
+@pytest.mark.together("crash")
 @pytest.mark.points(1)
 @pytest.mark.deadline(30)
 @pytest.mark.rules("sms-at-most-once")

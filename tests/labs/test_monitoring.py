@@ -163,6 +163,7 @@ def shown(series: dict) -> str:
 # -- the endpoint: every pool process counted ------------------------------------------------------------
 
 
+@pytest.mark.together("workload")
 @pytest.mark.points(2)
 @pytest.mark.deadline(60)
 @pytest.mark.rules("metrics-endpoint", needs=["failures-counter"])
@@ -198,6 +199,7 @@ def test_endpoint_counts_every_pool_process(lab, workload):
 # -- failures: a counter by task name and final state ----------------------------------------------------
 
 
+@pytest.mark.together("workload")
 @pytest.mark.points(3)
 @pytest.mark.deadline(60)
 @pytest.mark.rules("failures-counter", needs=["metrics-endpoint"])
@@ -266,6 +268,7 @@ def runtime_buckets(lab: LabRun, w: Workload, task: str) -> list[tuple[float, fl
     return buckets
 
 
+@pytest.mark.together("workload")
 @pytest.mark.points(2)
 @pytest.mark.deadline(60)
 @pytest.mark.rules("runtime-slo-bucket", needs=["metrics-endpoint"])
@@ -301,6 +304,7 @@ def test_histogram_has_a_bound_at_the_slo(lab, workload):
 DEFAULT_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0]
 
 
+@pytest.mark.together("workload")
 @pytest.mark.points(2)
 @pytest.mark.deadline(60)
 @pytest.mark.rules("runtime-p95", needs=["metrics-endpoint"])
@@ -349,6 +353,7 @@ def test_histogram_observes_every_run_and_resolves_the_p95(lab, workload):
 # -- cardinality: labels from small fixed sets ------------------------------------------------------------
 
 
+@pytest.mark.together("workload")
 @pytest.mark.points(2)
 @pytest.mark.deadline(60)
 @pytest.mark.rules("bounded-labels", needs=["metrics-endpoint"])
@@ -399,6 +404,7 @@ def own_lines(kind: str, arg: str) -> list[str]:
     return [f"charging order {arg}"] + ([f"card declined for order {arg}"] if kind == "declined" else [])
 
 
+@pytest.mark.together("workload")
 @pytest.mark.points(2)
 @pytest.mark.deadline(60)
 @pytest.mark.rules("task-id-logs")
@@ -448,6 +454,7 @@ def gauge_value(lab: LabRun, scrape: Scrape) -> tuple[float | None, dict]:
     return (hits[0] if hits else None), series
 
 
+@pytest.mark.together("workload")
 @pytest.mark.points(2)
 @pytest.mark.deadline(40)
 @pytest.mark.rules("queue-length", needs=["metrics-endpoint"])

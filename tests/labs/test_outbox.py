@@ -583,6 +583,7 @@ def test_messages_carry_ids_not_the_order(lab, shop, worker):
 OUTAGE_WAIT = 40.0  # the longest the broker stays down waiting for the relay's run to end
 
 
+@pytest.mark.exclusive
 @pytest.mark.points(2)
 @pytest.mark.deadline(120)
 @pytest.mark.rules("broker-outage", needs=["relay-delivers", "publish-then-mark"])

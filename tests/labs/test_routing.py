@@ -496,6 +496,7 @@ def judge_not_behind(
     )
 
 
+@pytest.mark.together("backlog")
 @pytest.mark.points(2)
 @pytest.mark.deadline(30)
 @pytest.mark.rules(
@@ -524,6 +525,7 @@ def test_mail_and_audit_do_not_wait_behind_images(lab, fleet, backlog):
     judge_not_behind(lab, backlog, backlog.record, "audit.record", "celery", hint)
 
 
+@pytest.mark.together("backlog")
 @pytest.mark.points(2)
 @pytest.mark.deadline(30)
 @pytest.mark.rules(

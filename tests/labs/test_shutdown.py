@@ -164,6 +164,7 @@ def cancelled_at(d: Deploy, uuid: str) -> float | None:
     return hits[0].timestamp - d.signalled if hits else None
 
 
+@pytest.mark.together("deploy")
 @pytest.mark.points(2)
 @pytest.mark.deadline(30)
 @pytest.mark.rules("soft-shutdown")
@@ -244,6 +245,7 @@ def imported(lab_session: LabSession, http_stub, fleet):
     return Import(run, result, [b.get("row") if isinstance(b, dict) else b for b in bodies])
 
 
+@pytest.mark.together("imported")
 @pytest.mark.points(1)
 @pytest.mark.deadline(20)
 @pytest.mark.rules("import-soft-limit", needs=["import-resumes"])
@@ -279,6 +281,7 @@ def test_import_has_a_one_second_soft_limit(lab, imported):
     )
 
 
+@pytest.mark.together("imported")
 @pytest.mark.points(2)
 @pytest.mark.deadline(20)
 @pytest.mark.rules("import-resumes", needs=["import-soft-limit"])
@@ -515,6 +518,7 @@ def test_warm_shutdown_finishes_running_tasks(lab, http_stub, fleet):
 # Last in the module on purpose: transcode runs again on the rescue worker (4 s) while the tests above run.
 
 
+@pytest.mark.together("deploy")
 @pytest.mark.points(2)
 @pytest.mark.deadline(30)
 @pytest.mark.rules("transcode-requeued")
@@ -548,6 +552,7 @@ def test_cancelled_transcode_runs_again_elsewhere(lab, deploy):
     )
 
 
+@pytest.mark.together("deploy")
 @pytest.mark.points(1)
 @pytest.mark.deadline(30)
 @pytest.mark.rules("receipt-at-most-once")
