@@ -64,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--broker", default=None, help=BROKER_HELP)
     p.add_argument("-k", dest="keyword", metavar="EXPR", help="only the tests matching EXPR (pytest -k)")
     p.add_argument(
+        "--serial",
+        action="store_true",
+        help="run the tests one after the other in one process (default: side by side, in shards)",
+    )
+    p.add_argument(
         "-v", "--verbose", action="store_true", help="one line per test, and the timeline of each failed test"
     )
     p.add_argument(
@@ -312,6 +317,8 @@ def cmd_grade(args: argparse.Namespace) -> int:
         pytest_args += ["--broker", args.broker]
     if args.keyword:
         pytest_args += ["-k", args.keyword]
+    if args.serial:
+        pytest_args.append("--serial")
     if args.extra_tests or args.hidden:
         from celerylab.grading.gradejob import hidden_tests
 

@@ -1,0 +1,88 @@
+"""A lab's tests side by side (celerylab.grading.shards): the same verdicts, in the same order, as one after
+the other; a shard that dies still gives each of its tests a verdict; groups follow the markers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from celerylab.grading import shards
+from tests.kit.conftest import ROOT, run_celerylab
+
+
+class FakeItem(SimpleNamespace):
+    def get_closest_marker(self, name: str):
+        return self.marks.get(name)
+
+
+def item(module: str, together: str | None = None, deadline: float = 30.0) -> FakeItem:
+    marks = {"together": SimpleNamespace(args=(together,))} if together else {}
+    return FakeItem(fspath=module, marks=marks, deadline=deadline)
+
+
+def test_tests_that_share_a_scenario_go_to_one_shard_and_the_rest_stand_alone():
+    items = [item("a.py"), item("a.py", "crash"), item("a.py"), item("a.py", "crash"), item("b.py", "crash")]
+    assert shards.plan(items, lambda i: i.deadline) == [[0], [1, 3], [2], [4]]  # a name is per module
+
+
+def test_more_groups_than_shards_are_packed_heaviest_first_onto_the_lightest():
+    items = [item("a.py", deadline=d) for d in (10, 50, 20, 30, 40)]
+    groups = shards.plan(items, lambda i: i.deadline, limit=2)
+    assert sorted(map(sorted, groups)) == [[0, 1, 2], [3, 4]]  # 50+20+10 and 40+30: 80 / 70
+    assert sorted(i for g in groups for i in g) == [0, 1, 2, 3, 4]
+
+
+def grade(lab: str, target: Path | str, out: Path, *options: str, env: dict | None = None):
+    done = run_celerylab("grade", lab, "--target", str(target), "--report-dir", str(out), *options, env=env)
+    return done, json.loads((out / f"{lab}.json").read_text())
+
+
+def test_a_side_by_side_grade_reads_as_a_serial_one(tmp_path, home, no_orphans):
+    """The skeleton (verdicts of every kind) graded both ways: same tests, order, statuses and messages."""
+    serial_done, serial = grade("first_task", "labs", tmp_path / "serial", env={shards.SERIAL_ENV: "1"})
+    sharded_done, sharded = grade("first_task", "labs", tmp_path / "sharded")
+    assert serial_done.returncode == sharded_done.returncode == 1
+    assert sharded["phases"].get("shards", 0) > 1 and "shards" not in serial["phases"]
+    assert [t["id"] for t in sharded["tests"]] == [t["id"] for t in serial["tests"]]
+    def verdicts(report: dict) -> list[tuple[str, str]]:  # a message's first line names no task id
+        return [(t["status"], t["message"].split("\n", 1)[0]) for t in report["tests"]]
+
+    assert verdicts(sharded) == verdicts(serial)
+    table = [
+        line for line in sharded_done.stdout.splitlines() if line.startswith("  ✓") or line.startswith("  ✗")
+    ]
+    assert table == [
+        line for line in serial_done.stdout.splitlines() if line.startswith("  ✓") or line.startswith("  ✗")
+    ]
+
+
+def test_a_shard_that_dies_gives_its_test_a_verdict_and_the_grade_goes_on(tmp_path, home, no_orphans):
+    """The learner's status() ends the grader's own process (it runs there, on the grader's side)."""
+    source = (ROOT / "solutions" / "first_task" / "tasks.py").read_text()
+    source = source.replace(
+        "def status(task_id: str) -> dict[str, Any]:\n",
+        "def status(task_id: str) -> dict[str, Any]:\n    import os\n    os._exit(7)\n",
+    )
+    submission = tmp_path / "first_task"
+    submission.mkdir()
+    (submission / "tasks.py").write_text(source)
+    done, report = grade("first_task", submission, tmp_path)
+    assert done.returncode == 1, done.stdout[-3000:]
+    verdicts = {t["id"].rsplit("::", 1)[-1]: t for t in report["tests"]}
+    assert len(verdicts) == 9
+    dead = verdicts.pop("test_status_reads_state_and_ready")
+    assert dead["status"] == "fail" and "ended before it finished (exit code 7)" in dead["message"]
+    assert all(t["status"] == "pass" for t in verdicts.values()), [t["message"] for t in verdicts.values()]
+    assert "Traceback" not in done.stdout
+
+
+@pytest.mark.parametrize("option", ["--serial", "-k"])
+def test_serial_and_selected_grades_still_work(tmp_path, home, no_orphans, option):
+    args = ["--serial"] if option == "--serial" else ["-k", "countdown or multiply"]
+    done = run_celerylab("grade", "first_task", "--solutions", "--report-dir", str(tmp_path), *args)
+    report = json.loads((tmp_path / "first_task.json").read_text())
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert len(report["tests"]) == (9 if option == "--serial" else 2)
