@@ -27,8 +27,11 @@ from pathlib import Path
 _live: dict[int, subprocess.Popen] = {}
 _lock = threading.Lock()
 _PR_SET_PDEATHSIG = 1
+_PR_SET_NAME = 15
 _PR_SET_CHILD_SUBREAPER = 36
 OWNER = "CELERYLAB_OWNER"  # in every spawned child's environment: whose grade it belongs to
+WORKER_NAME = "celerylab-w"  # /proc/PID/comm of a worker's processes (main and pool), forked or exec'd
+BEAT_NAME = "celerylab-b"
 
 
 def _prepare_child() -> None:  # runs in the child between fork and exec
@@ -41,12 +44,18 @@ def _prepare_child() -> None:  # runs in the child between fork and exec
 
 
 def spawn(
-    argv: Sequence[str], *, log_path: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+    argv: Sequence[str],
+    *,
+    log_path: Path,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    pass_fds: Sequence[int] = (),
 ) -> subprocess.Popen:
     """Start ``argv`` in its own session, output appended to ``log_path``, registered for cleanup.
 
     Ctrl-C is held off until the child is registered: a KeyboardInterrupt between fork and registration
-    would leave a child nobody knows to stop."""
+    would leave a child nobody knows to stop. ``pass_fds``: descriptors the child keeps (a fork server's
+    socket)."""
     held = _hold_interrupts()
     env = {**(os.environ if env is None else env), OWNER: str(os.getpid())}
     try:
@@ -60,6 +69,7 @@ def spawn(
                 cwd=cwd,
                 start_new_session=True,
                 preexec_fn=_prepare_child,
+                pass_fds=tuple(pass_fds),
             )
         with _lock:
             _live[proc.pid] = proc
@@ -117,6 +127,26 @@ def _running_in_group(pgid: int) -> bool:
     return False
 
 
+def set_name(name: str) -> None:
+    """This process's comm name (``ps -o comm``, /proc/PID/comm; 15 bytes at most), which its forks
+    inherit: how the kit's orphan checks tell a worker's processes, forked or exec'd, at a glance."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def process_name(argv: Sequence[str]) -> str | None:
+    """The comm name a Celery command's processes get (:func:`set_name`): one for workers, one for beat."""
+    if "worker" in argv:
+        return WORKER_NAME
+    if "beat" in argv:
+        return BEAT_NAME
+    return None
+
+
 def become_subreaper() -> bool:
     """Orphaned descendants (a learner's daemon, a child in its own session) come to this process, not
     to init, so :func:`sweep_strays` can still find them."""
@@ -149,11 +179,16 @@ def _marked(pid: int, owner: str) -> bool:
 
 def strays() -> list[int]:
     """Live processes below this one that belong to a grade (they carry its mark, or descend from one
-    that does) but are neither a process the kit runs nor in such a process's group."""
+    that does, or from a process the kit runs) but are neither a process the kit runs nor in such a
+    process's group. A worker forked by the fork server (celerylab.engine.forkserver) may show its
+    zygote's environment block instead of its own (no room to rewrite it, a zygote forked from an unmarked
+    process): what it starts is found as a descendant of the zygote or the worker, both registered here."""
     me, owner = os.getpid(), str(os.getpid())
     table = _table()
     with _lock:
-        kept_groups = {pid for pid, proc in _live.items() if proc.poll() is None}
+        live = {pid: proc for pid, proc in _live.items() if proc.poll() is None}
+    kept_groups = set(live)
+    ours_below = {pid for pid, proc in live.items() if getattr(proc, "fork_server", False)}
     children: dict[int, list[int]] = {}
     for pid, (ppid, _, _) in table.items():
         children.setdefault(ppid, []).append(pid)
@@ -161,7 +196,7 @@ def strays() -> list[int]:
     while stack:
         pid, inherited = stack.pop()
         ppid, pgid, state = table.get(pid, (0, 0, "Z"))
-        ours = inherited or _marked(pid, owner)
+        ours = inherited or pid in ours_below or _marked(pid, owner)
         if ours and pgid not in kept_groups and state != "Z":
             found.append(pid)
         stack.extend((child, ours) for child in children.get(pid, []))

@@ -23,7 +23,7 @@ from typing import Any
 from celery import Celery, signals
 from celery.loaders.app import AppLoader
 
-from celerylab.engine import namespaces
+from celerylab.engine import namespaces, processes
 
 ENV = "CELERYLAB_TASKS"
 HOSTNAME_ENV = "CELERYLAB_HOSTNAME"  # the worker's node name, for its pool processes' life-cycle events
@@ -350,4 +350,6 @@ if __name__ == "__main__":
         sys.exit(0)
     sys.exit("usage: python -m celerylab.engine.runtime probe FOLDER [MODULE]")
 
+if _worker_spec() is not None and (_name := processes.process_name(sys.argv)):
+    processes.set_name(_name)  # a worker's or beat's processes, as forked ones are named (orphan checks)
 app = _worker_app()

@@ -26,7 +26,7 @@ from typing import Any
 
 from celery import Celery
 
-from celerylab.engine import processes, runtime, timeline
+from celerylab.engine import forkserver, processes, runtime, timeline
 from celerylab.engine.namespaces import Namespace
 
 READY_TIMEOUT = 30.0
@@ -48,6 +48,7 @@ class _Process:
     """What workers and beat share: a spec'd ``celery -A celerylab.engine.runtime`` child with a log."""
 
     kind = "process"
+    forked = True  # started by the fork server (celerylab.engine.forkserver) when it is on
 
     def __init__(
         self,
@@ -65,6 +66,7 @@ class _Process:
         self.log_path = log_path or self._own_dir / f"{self.kind}.log"
         self.proc = None
         self.env: dict[str, str] = {}  # environment variables of its own (a worker's ``env=``)
+        self._log_start = 0  # where this run's output starts in the log (a restarted worker appends)
 
     def _spawn(self, argv: Sequence[str], hostname: str = "", command: str | None = None) -> None:
         """``celery -A celerylab.engine.runtime <argv>``; or, given the learner's own ``command`` (``celery -A
@@ -86,7 +88,12 @@ class _Process:
             cmd = [sys.executable, "-m", *learner_command(command), *argv]
         else:
             cmd = [sys.executable, "-m", "celery", "-A", "celerylab.engine.runtime", *argv]
-        self.proc = processes.spawn(cmd, log_path=self.log_path, env=env, cwd=self.folder)
+        try:
+            self._log_start = self.log_path.stat().st_size
+        except OSError:
+            self._log_start = 0
+        start = forkserver.spawn if self.forked else processes.spawn
+        self.proc = start(cmd, log_path=self.log_path, env=env, cwd=self.folder)
 
     @property
     def alive(self) -> bool:
@@ -124,6 +131,7 @@ class _Process:
 
 class Worker(_Process):
     kind = "worker"
+    _says_ready = True  # its log gets Celery's "<hostname> ready." line (it logs at INFO)
 
     def __init__(
         self,
@@ -178,13 +186,35 @@ class Worker(_Process):
             *self.extra_args,
         ]
         if self.command:  # its own `-l info` and the rest, then the kit's options
+            self._says_ready = _logs_info(learner_command(self.command))
             self._spawn(options, hostname=self.hostname, command=self.command)
         else:
+            self._says_ready = True
             self._spawn(["worker", *options, "-l", "INFO"], hostname=self.hostname)
 
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
-        deadline = time.monotonic() + timeout
-        while not self.ping(0.25):
+        """Until the worker answers a ping. A ping sent before the worker consumes its pidbox is lost and
+        costs its whole timeout, so the wait first watches this run's log for Celery's "<hostname> ready."
+        line, which comes one event-loop turn before the pidbox is read, and then pings with a timeout
+        that doubles from 50 ms. A worker that logs above INFO (or whose app configures logging its own
+        way) may write no such line: without it, it is pinged every 0.25 s, from the start if its command
+        line says so, else after a second."""
+        begun = time.monotonic()
+        deadline = begun + timeout
+        watch = _LogWatch(self.log_path, self._log_start, f"{self.hostname} ready.")
+        seen, wait = False, 0.05
+        blind_from = begun + (1.0 if self._says_ready else 0.0)
+        while True:
+            seen = seen or watch.seen()
+            if seen:
+                if self.ping(wait):
+                    return
+                wait = min(1.0, wait * 2)
+            elif time.monotonic() >= blind_from:
+                if self.ping(0.25):
+                    return
+            else:
+                time.sleep(0.005)  # polling the log for the ready line, bounded by the deadline below
             if not self.alive:
                 raise self._died("exited before it was ready")
             if time.monotonic() > deadline:
@@ -361,6 +391,7 @@ class Flower(_Process):
     from the workers' events and remote control, like the UI."""
 
     kind = "flower"
+    forked = False  # a Tornado server, started rarely: exec'd as ever
 
     def __init__(
         self,
@@ -409,6 +440,39 @@ class Flower(_Process):
     def stop(self) -> None:
         self.kill()
         self._forget_own_dir()
+
+
+def _logs_info(argv: Sequence[str]) -> bool:
+    """Whether ``celery ... worker`` with these arguments logs at INFO or below (the ready line)."""
+    level = "WARNING"  # celery's default
+    for flag, value in zip(argv, [*argv[1:], ""], strict=True):
+        if flag in ("-l", "--loglevel"):
+            level = value
+        elif flag.startswith("--loglevel="):
+            level = flag.partition("=")[2]
+    return level.upper() in ("DEBUG", "INFO")
+
+
+class _LogWatch:
+    """Whether a line has appeared in a log since ``start``, reading only what was added since last time."""
+
+    def __init__(self, path: Path, start: int, line: str) -> None:
+        self.path, self.pos, self.needle = path, start, line.encode()
+        self.tail = b""
+
+    def seen(self) -> bool:
+        try:
+            with open(self.path, "rb") as log:
+                log.seek(self.pos)
+                data = log.read()
+        except OSError:
+            return False
+        self.pos += len(data)
+        text = self.tail + data
+        if self.needle in text:
+            return True
+        self.tail = text[-len(self.needle) :]
+        return False
 
 
 @contextlib.contextmanager

@@ -30,19 +30,27 @@ def wait_until(condition, what: str, timeout: float) -> None:
         time.sleep(0.05)  # polling, bounded by the deadline above
 
 
+KIT_NAMES = ("celerylab-w", "celerylab-b")  # comm of workers' and beats' processes, forked or exec'd
+
+
 def kit_processes(mark: str | None = None) -> set[int]:
-    """Pids of celery workers/beat and valkey servers; with ``mark``, only those that inherited it.
+    """Pids of celery workers/beat (main and pool processes) and valkey servers; with ``mark``, only those
+    that inherited it.
 
     Other gradings may run on the same machine at the same time, so a test asks only about the processes
-    started under its own mark (an environment variable every child inherits, even once reparented).
+    started under its own mark (an environment variable every child inherits, even once reparented). A
+    worker forked by the fork server (celerylab.engine.forkserver) rewrites its command line and
+    environment block to its own, and is also named by comm.
     """
     out = subprocess.run(["ps", "-ww", "-eo", "pid=,args="], capture_output=True, text=True).stdout
     pids = set()
     for line in out.splitlines():
         pid, _, args = line.strip().partition(" ")
         if (
-            "celery" in args and ("worker" in args or "beat" in args) and "-A" in args
-        ) or "valkey-server" in args:
+            ("celery" in args and ("worker" in args or "beat" in args) and "-A" in args)
+            or "valkey-server" in args
+            or process_name(int(pid)) in KIT_NAMES
+        ):
             if mark is None or _has_mark(int(pid), mark):
                 pids.add(int(pid))
     return pids
