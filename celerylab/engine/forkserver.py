@@ -484,12 +484,20 @@ class ForkServer:
             env[ROOM_ENV] = "." * min(120_000, 2 * block + 16_384)
             argv = [sys.executable, "-m", __spec__.name if __spec__ else "celerylab.engine.forkserver"]
             argv += [str(theirs.fileno()), str(os.getpid())]
-            if threading.current_thread() is not threading.main_thread():
-                argv.append("--no-pdeathsig")  # it would die with this thread: the socket tells it instead
+            # The parent-death signal comes when the thread that forked ends: from any thread but the main
+            # one, the zygote goes without and ends when its socket closes (as it also does at our death).
+            main = threading.current_thread() is threading.main_thread()
+            if not main:
+                argv.append("--no-pdeathsig")
             argv += [""] * 4096  # and room in its argv block for a worker's command line (ps shows none)
             kit = Path(__file__).resolve().parents[2]  # `-m` finds celerylab from there even if not installed
             proc = processes.spawn(
-                argv, log_path=Path(os.devnull), env=env, cwd=kit, pass_fds=(theirs.fileno(),)
+                argv,
+                log_path=Path(os.devnull),
+                env=env,
+                cwd=kit,
+                pass_fds=(theirs.fileno(),),
+                parent_death=main,
             )
         except BaseException:
             ours.close()

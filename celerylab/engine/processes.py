@@ -35,12 +35,16 @@ BEAT_NAME = "celerylab-b"
 
 
 def _prepare_child() -> None:  # runs in the child between fork and exec
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})  # the mask survives exec
+    _unblock_interrupts()
     if sys.platform.startswith("linux"):
         try:
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
         except OSError:
             pass
+
+
+def _unblock_interrupts() -> None:
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})  # the mask survives exec
 
 
 def spawn(
@@ -50,12 +54,15 @@ def spawn(
     env: dict[str, str] | None = None,
     cwd: Path | None = None,
     pass_fds: Sequence[int] = (),
+    parent_death: bool = True,
 ) -> subprocess.Popen:
     """Start ``argv`` in its own session, output appended to ``log_path``, registered for cleanup.
 
     Ctrl-C is held off until the child is registered: a KeyboardInterrupt between fork and registration
     would leave a child nobody knows to stop. ``pass_fds``: descriptors the child keeps (a fork server's
-    socket)."""
+    socket). ``parent_death=False``: no parent-death signal, for a long-lived child started from a thread
+    that may end first (the signal comes when the thread that forked ends, not the process); such a child
+    must notice its owner's death another way (the fork server: its socket closes)."""
     held = _hold_interrupts()
     env = {**(os.environ if env is None else env), OWNER: str(os.getpid())}
     try:
@@ -68,7 +75,7 @@ def spawn(
                 env=env,
                 cwd=cwd,
                 start_new_session=True,
-                preexec_fn=_prepare_child,
+                preexec_fn=_prepare_child if parent_death else _unblock_interrupts,
                 pass_fds=tuple(pass_fds),
             )
         with _lock:

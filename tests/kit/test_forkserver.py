@@ -278,6 +278,28 @@ def test_killing_the_zygote_kills_its_workers(ns, folder, own_server):
         assert isinstance(worker.proc, ServedProcess) and worker.ping()
 
 
+def test_a_zygote_launched_from_a_thread_ends_with_its_owners_socket(ns, folder, served):
+    """Launched from a thread, the zygote takes no parent-death signal (it would die with the thread);
+    it ends, and takes its workers with it, when its owner's end of the socket closes (as at the owner's
+    death)."""
+    servers: list[ForkServer] = []
+    launcher = threading.Thread(target=lambda: servers.append(ForkServer.launch()))
+    launcher.start()
+    launcher.join(30)
+    (server,) = servers
+    forkserver.install(server)
+    try:
+        worker = Worker(ns, folder, concurrency=1).start()
+        assert worker.ping() and server.alive, "the zygote outlived the thread that launched it"
+        pids = {server.pid, worker.pid, *worker.pool_pids()}
+        server._channel._close()
+        wait_until(lambda: all(is_gone(pid) for pid in pids), "the zygote and its worker ended", 10)
+        worker.stop()
+    finally:
+        forkserver.install(served)
+        server.close()
+
+
 def test_orphan_checks_see_forked_workers_and_what_they_leave(ns, folder, tmp_path, served, no_orphans):
     """kit_processes (ps args, comm, the test's mark in /proc/PID/environ) finds a forked worker and its
     pool; a daemon a task started is a stray once the worker is gone, and sweep_strays kills it."""
