@@ -1263,6 +1263,12 @@ def _defined_in_loaded_module(obj: Any) -> bool:
     return getattr(owner, "__module__", None) in sys.modules
 
 
+def preload() -> None:
+    """Import what a worker needs here, in a process that will fork zygotes (the parent of the pytest
+    shards): every zygote and worker forked below it then shares these pages instead of importing them."""
+    _preload()
+
+
 def _preload() -> None:
     for name in PRELOAD:
         with contextlib.suppress(Exception):

@@ -41,6 +41,7 @@ from typing import Any
 
 import pytest
 
+from celerylab.engine import forkserver
 from celerylab.engine.brokers import Broker, BrokerUnavailable, open_broker
 from celerylab.engine.databases import DatabaseUnavailable
 from celerylab.engine.stubs import ScriptedHTTPServer
@@ -226,6 +227,8 @@ def pytest_runtestloop(session: pytest.Session) -> bool | None:
             session, [g for g in groups if g], alone, on_fork, _result_of, _take_result, probe_every_lab
         )
         shared["probes"] = lambda module: runner.received()[module]
+        if forkserver.enabled():
+            forkserver.preload()  # once here, shared by every shard's zygote and its workers
         runner.run()
         _merge_phases(config)
         config.stash[_SHARED] = {}  # the exclusive tests ran here: later fixtures are the parent's own

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from celerylab.grading import labs
-from tests.kit.conftest import grade_side_by_side, run_celerylab
+from tests.kit.conftest import MARK, grade_side_by_side, kit_processes, run_celerylab
 
 LABS = [lab.name for lab in labs.catalogue()]
 HEAVY = 12  # expected_seconds above which a lab's two default grades run in the slow suite (CI runs it),
@@ -26,8 +29,8 @@ def by_weight() -> list:
     ]
 
 
-def grade(lab: str, tmp_path, *options: str) -> tuple[int, dict, str]:
-    done = run_celerylab("grade", lab, "--report-dir", str(tmp_path), *options, timeout=600)
+def grade(lab: str, tmp_path, *options: str, env: dict | None = None) -> tuple[int, dict, str]:
+    done = run_celerylab("grade", lab, "--report-dir", str(tmp_path), *options, timeout=600, env=env)
     report_file = tmp_path / f"{lab}.json"
     assert report_file.exists(), f"no report; output:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done.returncode, json.loads(report_file.read_text()), done.stdout
@@ -39,16 +42,47 @@ def failures(report: dict) -> str:
     )
 
 
+KINDS = {
+    "test_solution_gets_full_marks": "solution",
+    "test_untouched_skeleton_scores_under_half_and_explains": "labs",
+}
+SIDE_BY_SIDE = 2  # grades at a time: each is mostly waiting on Celery, and its tests already run in shards
+
+
+@pytest.fixture(scope="module")
+def graded(request, tmp_path_factory) -> Iterator[Callable[[str, str], tuple[int, dict, str]]]:
+    """Every solution and skeleton grade the selected tests of this module need, started at once and run
+    side by side; a test waits for its own. Nothing any of them started may outlive the module."""
+    mark = uuid.uuid4().hex
+    temp = tmp_path_factory.mktemp(mark)
+    wanted = [
+        (item.callspec.params["lab"], KINDS[item.originalname])
+        for item in request.session.items
+        if item.module is request.module and item.originalname in KINDS
+    ]
+
+    def one(lab: str, kind: str) -> tuple[int, dict, str]:
+        folder = temp / f"{lab}-{kind}"
+        folder.mkdir()
+        env = {"CELERYLAB_HOME": str(folder / "state"), MARK: mark, "TMPDIR": str(temp)}
+        return grade(lab, folder, *(["--solutions"] if kind == "solution" else []), env=env)
+
+    with ThreadPoolExecutor(SIDE_BY_SIDE) as pool:
+        futures = {key: pool.submit(one, *key) for key in dict.fromkeys(wanted)}
+        yield lambda lab, kind: futures[(lab, kind)].result()
+    assert not kit_processes(mark), f"processes left behind: {kit_processes(mark)}"
+
+
 @pytest.mark.parametrize("lab", by_weight())
-def test_solution_gets_full_marks(lab, tmp_path, home, no_orphans):
-    code, report, out = grade(lab, tmp_path, "--solutions")
+def test_solution_gets_full_marks(lab, graded):
+    code, report, out = graded(lab, "solution")
     assert report["score"] == report["max_score"] > 0, failures(report)
     assert code == 0 and "full marks" in out
 
 
 @pytest.mark.parametrize("lab", by_weight())
-def test_untouched_skeleton_scores_under_half_and_explains(lab, tmp_path, home, no_orphans):
-    code, report, out = grade(lab, tmp_path)
+def test_untouched_skeleton_scores_under_half_and_explains(lab, graded):
+    code, report, out = graded(lab, "labs")
     assert code == 1
     assert report["score"] < report["max_score"] / 2, (
         f"the skeleton scored {report['score']}/{report['max_score']}"
