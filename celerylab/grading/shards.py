@@ -44,7 +44,7 @@ import pytest
 from celerylab.engine import forkserver, processes
 
 SERIAL_ENV = "CELERYLAB_SERIAL"
-MAX_SHARDS = int(os.environ.get("CELERYLAB_SHARDS", "8"))
+MAX_SHARDS = int(os.environ.get("CELERYLAB_SHARDS", "4"))  # at most this many side by side (2 cores)
 KIT_FIXTURES = {"lab_session", "celerylab_broker", "http_stub"}  # made per shard by design
 _HEADER = struct.Struct("!I")
 _PR_SET_PDEATHSIG = 1

@@ -45,31 +45,33 @@ def failures(report: dict) -> str:
 KINDS = {
     "test_solution_gets_full_marks": "solution",
     "test_untouched_skeleton_scores_under_half_and_explains": "labs",
+    "test_solution_gets_full_marks_on_every_broker": "solution",
 }
 SIDE_BY_SIDE = 2  # grades at a time: each is mostly waiting on Celery, and its tests already run in shards
 
 
 @pytest.fixture(scope="module")
-def graded(request, tmp_path_factory) -> Iterator[Callable[[str, str], tuple[int, dict, str]]]:
-    """Every solution and skeleton grade the selected tests of this module need, started at once and run
-    side by side; a test waits for its own. Nothing any of them started may outlive the module."""
+def graded(request, tmp_path_factory) -> Iterator[Callable[..., tuple[int, dict, str]]]:
+    """Every grade the selected tests of this module need (lab, solution or skeleton, broker), started at
+    once and run side by side; a test waits for its own. Nothing they started may outlive the module."""
     mark = uuid.uuid4().hex
     temp = tmp_path_factory.mktemp(mark)
     wanted = [
-        (item.callspec.params["lab"], KINDS[item.originalname])
+        (item.callspec.params["lab"], KINDS[item.originalname], item.callspec.params.get("broker", ""))
         for item in request.session.items
         if item.module is request.module and item.originalname in KINDS
     ]
 
-    def one(lab: str, kind: str) -> tuple[int, dict, str]:
-        folder = temp / f"{lab}-{kind}"
+    def one(lab: str, kind: str, broker: str) -> tuple[int, dict, str]:
+        folder = temp / f"{lab}-{kind}-{broker}"
         folder.mkdir()
         env = {"CELERYLAB_HOME": str(folder / "state"), MARK: mark, "TMPDIR": str(temp)}
-        return grade(lab, folder, *(["--solutions"] if kind == "solution" else []), env=env)
+        options = (["--solutions"] if kind == "solution" else []) + (["--broker", broker] if broker else [])
+        return grade(lab, folder, *options, env=env)
 
     with ThreadPoolExecutor(SIDE_BY_SIDE) as pool:
         futures = {key: pool.submit(one, *key) for key in dict.fromkeys(wanted)}
-        yield lambda lab, kind: futures[(lab, kind)].result()
+        yield lambda lab, kind, broker="": futures[(lab, kind, broker)].result()
     assert not kit_processes(mark), f"processes left behind: {kit_processes(mark)}"
 
 
@@ -95,8 +97,8 @@ def test_untouched_skeleton_scores_under_half_and_explains(lab, graded):
 @pytest.mark.slow
 @pytest.mark.parametrize("broker", ["embedded", "rabbitmq"])
 @pytest.mark.parametrize("lab", LABS)
-def test_solution_gets_full_marks_on_every_broker(lab, broker, tmp_path, home, no_orphans):
-    code, report, _ = grade(lab, tmp_path, "--solutions", "--broker", broker)
+def test_solution_gets_full_marks_on_every_broker(lab, broker, graded):
+    code, report, _ = graded(lab, "solution", broker)
     assert report["score"] == report["max_score"] > 0, failures(report)
     assert code == 0
 
