@@ -53,6 +53,7 @@ SIGNALLED = (
 )
 BROKER = "celerylab-broker"  # noted by celerylab.grading.session: the broker stopped/started, a worker's link
 # to it cut, refused or stalled (field `what`: broker-down, broker-up, connection-cut, ...; `worker` if one)
+SCHEDULE = "celerylab-schedule"  # noted by celerylab.grading.session when a beat it started is up
 LIFE = {  # event type -> what it says about a worker's life (see Timeline.lifecycle)
     "worker-online": "online",  # Celery's own (heartbeat on); the kit's workers send the two below
     "worker-offline": "offline",
@@ -261,14 +262,20 @@ class Timeline:
 
     def busy(self) -> float:
         """Seconds during which some task of this timeline was in flight, from its first event (sent) to
-        its last (final, or the last seen of one that never finished): the waiting its scenario imposes
-        (countdowns, backoff, run time, redelivery), which no grader can shorten. Worker starts, pings and
-        the grader's own setup fall outside it."""
+        its last (final, or the last seen of one that never finished), or a beat the kit started was
+        counting down to the tasks it sent: the waiting its scenario imposes (countdowns, backoff, run time,
+        redelivery, a schedule's interval), which no grader can shorten. Worker starts, pings and the
+        grader's own setup fall outside it."""
         spans: dict[str, list[float]] = {}
-        for e in self.events():
+        events = self.events()
+        for e in events:
             if e.uuid:
                 span = spans.setdefault(e.uuid, [e.timestamp, e.timestamp])
                 span[0], span[1] = min(span[0], e.timestamp), max(span[1], e.timestamp)
+        last_task = max((e.timestamp for e in events if e.uuid), default=None)
+        for n, e in enumerate(e for e in events if e.type == SCHEDULE):  # a beat's schedule is waiting too
+            if last_task is not None and last_task > e.timestamp:
+                spans[f"schedule-{n}"] = [e.timestamp, last_task]
         total, reach = 0.0, float("-inf")
         for start, end in sorted(spans.values()):
             if end > reach:

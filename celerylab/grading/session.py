@@ -40,7 +40,7 @@ from celerylab.engine import databases, processes, runtime
 from celerylab.engine.brokers import Broker
 from celerylab.engine.namespaces import Namespace
 from celerylab.engine.proxy import Proxy
-from celerylab.engine.timeline import BROKER, FINAL, DeadlineExceeded, Recorder, Timeline
+from celerylab.engine.timeline import BROKER, FINAL, SCHEDULE, DeadlineExceeded, Recorder, Timeline
 from celerylab.engine.workers import Beat, Worker, WorkerError
 from celerylab.grading import labs
 
@@ -289,6 +289,7 @@ class LabSession:
             raise LabFailure(
                 verdict("celery beat could not start on your tasks.py.", observed=str(exc))
             ) from None
+        self.recorder.note(SCHEDULE, what="beat-up")  # its intervals count as the scenario's waiting
         return beat
 
     def _log_path(self, name: str) -> Path:

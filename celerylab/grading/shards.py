@@ -4,9 +4,13 @@ The tests of one lab mostly wait on Celery (countdowns, backoff, visibility time
 use the CPU, so a grade that runs them side by side costs about its longest scenario instead of the sum.
 
 A shard is a fork of the pytest process taken after collection, so it pays no interpreter start and no
-collection; the broker is opened once, by the parent, and every lab's import probe runs once, before the
-fork. Each shard has a lab session of its own (namespace, event recorder, workers, HTTP stub, database): no
-test can see another test's tasks, and a verdict cannot depend on which tests overlapped. A shard runs its
+collection; the broker is opened once, by the parent, and every lab's import probe runs once, in the parent,
+while the shards set up. At most ``$CELERYLAB_SHARDS`` (4) run at once, and each takes the heaviest group of
+tests left whenever it is free (by their deadlines), so the longest scenarios start first and the short ones
+fill in around them; a shard keeps its session (and its workers) from one group to the next.
+
+Each shard has a lab session of its own (namespace, event recorder, workers, HTTP stub, database): no test
+can see another shard's tasks, and a verdict cannot depend on which tests overlapped. A shard runs its
 tests with pytest's own protocol (fixtures, pytest-timeout's backstop, the grade report's hooks) and sends
 every report to the parent, which replays them in collection order: the progress line, ``-v``, the score
 table and the JSON report read as in a serial run.
@@ -85,29 +89,16 @@ def exclusive(item: pytest.Item) -> bool:
     return item.get_closest_marker("exclusive") is not None
 
 
-def plan(
-    items: Sequence[pytest.Item], weight: Callable[[pytest.Item], float], limit: int = MAX_SHARDS
-) -> list[list[int]]:
-    """Groups of item indices, each group one shard, in the order they should start.
-
-    A group is one module's tests that share a ``together`` name, or a single test. With more groups than
-    ``limit`` the groups are packed into ``limit`` shards, heaviest first onto the lightest shard, by
-    ``weight`` (a test's expected seconds)."""
+def plan(items: Sequence[pytest.Item], weight: Callable[[pytest.Item], float]) -> list[list[int]]:
+    """Groups of item indices, in the order shards should take them: heaviest first (by ``weight``, a
+    test's expected seconds), so the longest scenarios start at once and the short ones fill in around them.
+    A group is one module's tests that share a ``together`` name, or a single test."""
     groups: dict[tuple[str, str], list[int]] = {}
     for index, item in enumerate(items):
         mark = item.get_closest_marker("together")
         key = (str(item.fspath), mark.args[0] if mark else f"#{index}")
         groups.setdefault(key, []).append(index)
-    ordered = sorted(groups.values(), key=lambda group: group[0])
-    if len(ordered) <= limit:
-        return ordered
-    shards: list[list[int]] = [[] for _ in range(limit)]
-    loads = [0.0] * limit
-    for group in sorted(ordered, key=lambda g: -sum(weight(items[i]) for i in g)):
-        lightest = loads.index(min(loads))
-        shards[lightest].extend(group)
-        loads[lightest] += sum(weight(items[i]) for i in group)
-    return sorted((sorted(shard) for shard in shards if shard), key=lambda shard: shard[0])
+    return sorted(groups.values(), key=lambda g: (-sum(weight(items[i]) for i in g), g[0]))
 
 
 class Runner:
@@ -122,15 +113,18 @@ class Runner:
         result_of: Callable[[pytest.Config, str], dict | None],
         take_result: Callable[[pytest.Item, dict | None, str], None],
         after_fork: Callable[[], Any] = lambda: None,
+        limit: int = MAX_SHARDS,
     ) -> None:
         self.session, self.config = session, session.config
         self.items: list[pytest.Item] = list(session.items)
-        self.shards = [Shard(items=group) for group in groups]
+        self.queue = list(groups)  # groups not yet handed to a shard, in the order they should start
+        self.shards = [Shard(items=self.queue.pop(0)) for _ in range(min(limit, len(groups)))]
         self.parent_runs = parent_runs  # exclusive tests: run here, once every shard has ended
         self.on_fork, self.result_of, self.take_result = on_fork, result_of, take_result
         self.after_fork = after_fork  # run by the parent while the shards set up; its result goes to each
-        self._received: Any = None
-        self._down = -1  # in a shard: where the parent's payload arrives
+        self._down = -1  # in a shard: where the parent's frames arrive (the payload, then its next groups)
+        self._frames: dict[str, list[Any]] = {}
+        self._frames_lock = threading.Lock()
         self.finished: dict[int, list[tuple]] = {}  # item index -> its messages, until replayed
         self.replayed = 0  # every item before this index has been shown
 
@@ -139,12 +133,9 @@ class Runner:
         try:
             for shard in self.shards:
                 self._fork(shard)
-            payload = pickle.dumps(self.after_fork())
+            self._payload = self.after_fork()
             for shard in self.shards:
-                with contextlib.suppress(OSError):  # a shard that already ended reads nothing
-                    _write_all(shard.down, payload)
-                os.close(shard.down)
-                shard.down = -1
+                self._tell(shard, ("payload", self._payload))
             self._collect()
         except KeyboardInterrupt:
             self._stop_shards()
@@ -163,14 +154,29 @@ class Runner:
 
     def received(self) -> Any:
         """In a shard: what the parent's ``after_fork`` returned (waits for it the first time)."""
-        if self._down >= 0:
-            chunks = []
-            while chunk := os.read(self._down, 1 << 16):
-                chunks.append(chunk)
-            os.close(self._down)
-            self._down = -1
-            self._received = pickle.loads(b"".join(chunks))
-        return self._received
+        if "payload" not in self._frames or self._frames["payload"]:
+            self._frames["payload"] = [self._frame("payload")]
+        return self._frames["payload"][0]
+
+    def next_group(self) -> list[int]:
+        """In a shard: ask the parent for more tests to run; ``[]`` when none are left."""
+        self._shard_channel.send(("next", -1))
+        return self._frame("group")
+
+    def _frame(self, kind: str) -> Any:
+        """In a shard: the next frame of ``kind`` from the parent, keeping the others for their reader (the
+        probe's thread waits for the payload while the main thread asks for groups)."""
+        with self._frames_lock:
+            while not self._frames.get(kind):
+                size = _HEADER.unpack(_read_exactly(self._down, _HEADER.size))[0]
+                got, value = pickle.loads(_read_exactly(self._down, size))
+                self._frames.setdefault(got, []).append(value)
+            return self._frames[kind].pop(0)
+
+    def _tell(self, shard: Shard, frame: tuple) -> None:
+        data = pickle.dumps(frame)
+        with contextlib.suppress(OSError):  # a shard that already ended reads nothing
+            _write_all(shard.down, _HEADER.pack(len(data)) + data)
 
     def _fork(self, shard: Shard) -> None:
         read, write = os.pipe()
@@ -202,15 +208,29 @@ class Runner:
                     continue
                 del open_fds[fd]
                 os.close(fd)
+                with contextlib.suppress(OSError):
+                    os.close(shard.down)
+                shard.down = -1
                 _, status = os.waitpid(shard.pid, 0)
                 shard.exit_code = os.waitstatus_to_exitcode(status)
                 self._lost(shard)
+                if self.queue and shard.exit_code != 0:  # it died early: a new shard takes the rest
+                    spare = Shard(items=self.queue.pop(0))
+                    self.shards.append(spare)
+                    self._fork(spare)
+                    self._tell(spare, ("payload", self._payload))
+                    open_fds[spare.fd] = spare
             self._replay()
 
     def _receive(self, shard: Shard, message: tuple) -> None:
         kind, index = message[0], message[1]
         if kind == "interrupted":
             raise KeyboardInterrupt
+        if kind == "next":  # the shard is on its last test: hand it the next group, nextitem included
+            group = self.queue.pop(0) if self.queue else []
+            shard.items.extend(group)
+            self._tell(shard, ("group", group))
+            return
         self.finished.setdefault(index, [])
         if kind == "finish":
             shard.done.add(index)
@@ -304,22 +324,26 @@ class _Shard:
     def __init__(self, runner: Runner, shard: Shard, fd: int) -> None:
         self.runner, self.shard, self.fd = runner, shard, fd
         self.config = runner.config
-        self.index_of = {runner.items[i].nodeid: i for i in shard.items}
+        self.index_of = {item.nodeid: i for i, item in enumerate(runner.items)}
+        runner._shard_channel = self
 
     def main(self) -> None:
         code = 0
         try:
             self._become_shard()
-            items = [self.runner.items[i] for i in self.shard.items]
-            for n, item in enumerate(items):
-                nextitem = items[n + 1] if n + 1 < len(items) else None
-                self.config.hook.pytest_runtest_protocol(item=item, nextitem=nextitem)
+            queue = list(self.shard.items)  # its first group; the parent hands out the rest as it goes
+            while queue:
+                index = queue.pop(0)
+                if not queue:  # pytest needs the next test now, to keep the fixtures it shares
+                    queue = self.runner.next_group()
+                nextitem = self.runner.items[queue[0]] if queue else None
+                self.config.hook.pytest_runtest_protocol(item=self.runner.items[index], nextitem=nextitem)
         except KeyboardInterrupt:
             code = 130
             with contextlib.suppress(BaseException):
                 self.runner.session._setupstate.teardown_exact(None)  # every fixture: workers stopped
             with contextlib.suppress(BaseException):
-                self._send(("interrupted", -1))
+                self.send(("interrupted", -1))
         except BaseException:  # a grader bug: say so rather than vanish
             code = 70
             with contextlib.suppress(BaseException):
@@ -357,22 +381,20 @@ class _Shard:
         self.runner.on_fork(self.runner.shards.index(self.shard))
         serve_workers_from_here()
 
-    def _send(self, message: tuple) -> None:
+    def send(self, message: tuple) -> None:
         data = pickle.dumps(message)
         _write_all(self.fd, _HEADER.pack(len(data)) + data)
 
     # pytest hooks, in the shard
     def pytest_runtest_logstart(self, nodeid: str, location: tuple) -> None:
-        self._send(("start", self.index_of[nodeid], location))
+        self.send(("start", self.index_of[nodeid], location))
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         data = self.config.hook.pytest_report_to_serializable(config=self.config, report=report)
-        self._send(("report", self.index_of[report.nodeid], data))
+        self.send(("report", self.index_of[report.nodeid], data))
 
     def pytest_runtest_logfinish(self, nodeid: str, location: tuple) -> None:
-        self._send(
-            ("finish", self.index_of[nodeid], location, self.runner.result_of(self.config, nodeid), "")
-        )
+        self.send(("finish", self.index_of[nodeid], location, self.runner.result_of(self.config, nodeid), ""))
 
 
 def serve_workers_from_here() -> None:
@@ -380,6 +402,16 @@ def serve_workers_from_here() -> None:
     Celery imported: each starts in a fraction of a second (celerylab.engine.forkserver)."""
     if forkserver.enabled() and threading.active_count() == 1:
         forkserver.install(forkserver.ForkServer.fork_here())
+
+
+def _read_exactly(fd: int, size: int) -> bytes:
+    data = bytearray()
+    while len(data) < size:
+        chunk = os.read(fd, size - len(data))
+        if not chunk:
+            raise EOFError("the parent of the shards is gone")
+        data.extend(chunk)
+    return bytes(data)
 
 
 def _write_all(fd: int, data: bytes) -> None:
