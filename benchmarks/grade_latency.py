@@ -7,7 +7,8 @@ and divides it by that lab's floor, measured in the same run:
 
     floor = broker start + one bare worker start + one round trip + the longest scenario's inherent wait
 
-- broker start: what the grade's report records (0 for a Redis or RabbitMQ that is already running);
+- broker start: what the grade's report records (0 for a Redis or RabbitMQ that is already running), and for
+  a lab with a database (django), making the grade's database and its tables, which the report records too;
 - one bare worker start + one round trip: a plain `celery worker` (no kit) from spawn to its first answered
   ping, then one task there and back (median of three);
 - the longest scenario's inherent wait: every test's report records what its scenario waited on Celery (the
@@ -110,7 +111,7 @@ def grade(lab: str, broker: str, serial: bool) -> dict:
     longest = max(report["tests"], key=lambda t: t.get("waited", 0.0))
     return {
         "total": total,
-        "broker": report["phases"].get("broker_start", 0.0),
+        "broker": report["phases"].get("broker_start", 0.0) + report["phases"].get("database_setup", 0.0),
         "waited": longest.get("waited", 0.0),
         "scenario": longest["id"].rsplit("::", 1)[-1],
         "rules": ",".join(longest.get("rules", [])),

@@ -285,7 +285,7 @@ def _merge_phases(config: pytest.Config) -> None:
     for (lab, _), phases in shared["phases"].items():
         merged = _report(config, lab).phases
         for key, value in phases.items():
-            if key in ("session_setup", "teardown"):
+            if key in ("session_setup", "teardown", "database_setup"):
                 merged[key] = max(merged.get(key, 0.0), value)
             elif key != "broker_start":
                 merged[key] = round(merged.get(key, 0.0) + value, 3)
@@ -342,6 +342,8 @@ def lab_session(request: pytest.FixtureRequest, celerylab_broker: Broker) -> Ite
         begun = time.monotonic()
         session.close()
         report.phases["worker_start"] = round(session.worker_start_seconds, 3)
+        if session.database is not None:
+            report.phases["database_setup"] = round(session.database_seconds, 3)
         report.phases["teardown"] = round(time.monotonic() - begun, 3)
 
 

@@ -88,8 +88,11 @@ class LabSession:
         self._env_before = {key: os.environ.get(key) for key, _ in (lab.env if lab else ())}
         os.environ.update(dict(lab.env) if lab else {})  # the grader, the probe and every worker see it
         self.database: databases.Database | None = None
+        self.database_seconds = 0.0  # making the grade's database and its tables: a floor, like the broker's
         if lab and lab.database:  # made first, dropped by close() (the fixture's finally) whatever happens
+            begun = time.monotonic()
             self.database = databases.create(database)
+            self.database_seconds = time.monotonic() - begun
             self._env_before.setdefault(databases.PROJECT_ENV, os.environ.get(databases.PROJECT_ENV))
             os.environ[databases.PROJECT_ENV] = self.database.url
         self.command = _worker_command(
@@ -124,7 +127,9 @@ class LabSession:
     def _run_probe(self) -> None:
         result = self._given_probe() if self._given_probe else probe_lab(self.name, self.folder)
         if result["ok"] and self.database is not None:  # tables before any worker or test touches them
+            begun = time.monotonic()
             error = databases.migrate(self.folder)
+            self.database_seconds += time.monotonic() - begun
             if error:
                 result = {"ok": False, "kind": "migrate", "message": f"making the database failed: {error}"}
         self._probe_result = result

@@ -33,6 +33,10 @@ from celerylab.engine.publishing import Publish, PublishLog
 from celerylab.engine.timeline import FINAL, DeadlineExceeded, Timeline
 from celerylab.grading.session import LabFailure, LabRun, LabSession, expect
 
+# One shard for the whole lab: every test stands on the same project (its database made and migrated, Django
+# imported in grader and workers), which costs more to make again than the tests take (about 1 s in all).
+pytestmark = pytest.mark.together("project")
+
 HOLD = 12.0  # after a publish, at most this long for the worker to run the task (SQLite waits 5 s for a lock)
 TASK = "fulfil_order"
 
