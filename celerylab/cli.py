@@ -433,13 +433,14 @@ def cmd_check(args: argparse.Namespace) -> int:
     _choose_database(args.database)
     kinds = args.only or ["solution", "variant", "mutant"]
     all_ok = True
+
+    def progress(lab: labs.Lab, target, run) -> None:
+        score = f"{run.report.score:g}/{run.report.max_score:g}" if run.report else "no report"
+        console.print(f"[dim]{lab.name} {target[0]} {target[1].name}: {score}[/dim]", soft_wrap=True)
+
+    by_lab = mutation.check_many(chosen, args.repeat, args.broker, kinds, jobs=args.jobs, on_run=progress)
     for lab in chosen:
-
-        def progress(target, run, name=lab.name) -> None:
-            score = f"{run.report.score:g}/{run.report.max_score:g}" if run.report else "no report"
-            console.print(f"[dim]{name} {target[0]} {target[1].name}: {score}[/dim]", soft_wrap=True)
-
-        verdicts = mutation.check(lab, args.repeat, args.broker, kinds, jobs=args.jobs, on_run=progress)
+        verdicts = by_lab[lab.name]
         table = Table("kind", "file", "rule", "judged right", title=f"{lab.name}")
         for v in verdicts:
             colour = "green" if v.ok else "red"

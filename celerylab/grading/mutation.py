@@ -20,7 +20,7 @@ code shows up as 17/20 rather than as a lucky pass.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,17 +136,33 @@ def check(
 ) -> list[Verdict]:
     """Grade the solution, the variants and the mutants of ``lab`` ``repeat`` times each; ``on_run`` hears
     of each grade as it ends (a check of every mutant ten times takes a while)."""
-    plan = [(kind, path, rule) for kind, path, rule in targets(lab, kinds) for _ in range(repeat)]
+    forward = None if on_run is None else (lambda _lab, target, run: on_run(target, run))
+    return check_many([lab], repeat, broker, kinds, jobs, forward)[lab.name]
 
-    def one(target: Target) -> Run:
+
+def check_many(
+    chosen: Sequence[Lab],
+    repeat: int = 1,
+    broker: str | None = None,
+    kinds: Iterable[str] = ("solution", "variant", "mutant"),
+    jobs: int = 2,
+    on_run: Callable[[Lab, Target, Run], None] | None = None,
+) -> dict[str, list[Verdict]]:
+    """:func:`check` for several labs from one pool of ``jobs`` grades, so it stays full from one lab to the
+    next; verdicts by lab name."""
+    kinds = tuple(kinds)
+    plan = [(lab, target) for lab in chosen for target in targets(lab, kinds) for _ in range(repeat)]
+
+    def one(job: tuple[Lab, Target]) -> Run:
+        lab, target = job
         run = grade_once(lab, target[1], broker)
         if on_run is not None:
-            on_run(target, run)
+            on_run(lab, target, run)
         return run
 
     runs = map_grades(one, plan, jobs)
-    verdicts = []
+    verdicts: dict[str, list[Verdict]] = {lab.name: [] for lab in chosen}
     for i in range(0, len(plan), repeat):
-        kind, path, rule = plan[i]
-        verdicts.append(judge(kind, path, rule, runs[i : i + repeat]))
+        lab, (kind, path, rule) = plan[i]
+        verdicts[lab.name].append(judge(kind, path, rule, runs[i : i + repeat]))
     return verdicts
