@@ -393,6 +393,7 @@ class _Forked:
     """The Popen-like handle of a zygote forked from this process (:meth:`ForkServer.fork_here`)."""
 
     fork_server = True
+    zygote = True  # processes.live_pids(): not a process the caller started
 
     def __init__(self, pid: int) -> None:
         self.pid, self.args, self.returncode = pid, ["<fork server>"], None
@@ -505,6 +506,7 @@ class ForkServer:
         finally:
             theirs.close()
         proc.fork_server = True  # type: ignore[attr-defined]
+        proc.zygote = True  # type: ignore[attr-defined]  # processes.live_pids(): not the caller's
         return cls(ours, proc)
 
     @property

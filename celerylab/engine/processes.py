@@ -250,8 +250,14 @@ def forget_inherited() -> None:
 
 
 def live_pids() -> list[int]:
+    """The processes the kit started here that still run: workers, beats, servers. A fork server's zygote
+    (celerylab.engine.forkserver) is left out: it is plumbing kept for the next worker, not something a
+    caller started, and it dies with this process like the rest; a notebook's "no worker outlived the
+    playground" must not count it."""
     with _lock:
-        return [pid for pid, proc in _live.items() if proc.poll() is None]
+        return [
+            pid for pid, proc in _live.items() if not getattr(proc, "zygote", False) and proc.poll() is None
+        ]
 
 
 def _on_sigterm(signum, frame):  # pragma: no cover - exercised by the orphan tests via a subprocess
