@@ -49,7 +49,7 @@ from celerylab.engine.timeline import DeadlineExceeded
 from celerylab.engine.workers import WorkerError
 from celerylab.grading import shards
 from celerylab.grading.results import GradeReport, TestResult
-from celerylab.grading.session import LabFailure, LabRun, LabSession, probe_lab
+from celerylab.grading.session import LabFailure, LabRun, LabSession, start_probe
 from celerylab.paths import kit_root, state_dir
 
 DEFAULT_TZ = "<+0545>-05:45"  # POSIX form (no tz database needed): UTC+05:45, no DST, not a whole hour
@@ -210,11 +210,11 @@ def pytest_runtestloop(session: pytest.Session) -> bool | None:
             shared["folders"][module] = lab_folder(config.getoption("--target"), name, config.stash[_TEMP])
             shutil.rmtree(state_dir() / "logs" / name, ignore_errors=True)
 
-        def probe_every_lab() -> dict[str, dict[str, Any]]:  # while the shards start their workers
-            return {
-                module: probe_lab(lab_name(Path(module)), folder)
-                for module, folder in shared["folders"].items()
-            }
+        # The probes run from now on, beside the preload and while the shards start their workers.
+        probes = {module: start_probe(lab_name(Path(module)), f) for module, f in shared["folders"].items()}
+
+        def probe_every_lab() -> dict[str, dict[str, Any]]:
+            return {module: verdict() for module, verdict in probes.items()}
 
         restarts = broker.server is not None  # an exclusive test really stops this one
         alone = {i for i, item in enumerate(session.items) if restarts and shards.exclusive(item)}

@@ -556,21 +556,30 @@ class LabRun:
 
 
 def probe_lab(name: str, folder: Path) -> dict[str, Any]:
-    """Import the lab's tasks.py (lab.toml ``app``) in a throwaway process, with the lab's environment.
-    The verdict is taken the moment the probe prints it; then the probe's whole group goes (a child the
-    import started must not hold the grade up), and a process that ends without one crashed, while one
-    that never prints hangs."""
+    """Import the lab's tasks.py (lab.toml ``app``) in a throwaway process, with the lab's environment."""
+    return start_probe(name, folder)()
+
+
+def start_probe(name: str, folder: Path) -> Callable[[], dict[str, Any]]:
+    """Start :func:`probe_lab`'s process now; the function returned waits for its verdict, so the caller
+    can do other work meanwhile. The verdict is taken the moment the probe prints it; then the probe's whole
+    group goes (a child the import started must not hold the grade up), and a process that ends without one
+    crashed, while one that never prints hangs."""
     lab = _catalogued(name)
     app_module = lab.app if lab else "tasks"
     source = "tasks.py" if app_module == "tasks" else f"the project ({lab.app_file})"
     env = {**os.environ, **(dict(lab.env) if lab else {})}
     if not folder.is_dir():
-        return {"ok": False, "kind": "missing", "message": f"{folder} does not exist."}
+        return lambda: {"ok": False, "kind": "missing", "message": f"{folder} does not exist."}
     scratch = Path(tempfile.mkdtemp(prefix="celerylab-probe-"))  # not the log folder: a grade of the
     log = scratch / "probe.log"  # same lab starting meanwhile empties that one
     cmd = [sys.executable, "-m", "celerylab.engine.runtime", "probe", str(folder), app_module]
     proc = processes.spawn(cmd, log_path=log, cwd=folder, env=env)
     deadline = time.monotonic() + PROBE_TIMEOUT
+    return lambda: _probe_verdict(proc, log, scratch, source, deadline)
+
+
+def _probe_verdict(proc: Any, log: Path, scratch: Path, source: str, deadline: float) -> dict[str, Any]:
     try:
         while True:
             exited = proc.poll() is not None

@@ -5,7 +5,7 @@ use the CPU, so a grade that runs them side by side costs about its longest scen
 
 A shard is a fork of the pytest process taken after collection, so it pays no interpreter start and no
 collection; the broker is opened once, by the parent, and every lab's import probe runs once, in the parent,
-while the shards set up. At most ``$CELERYLAB_SHARDS`` (4) run at once, and each takes the heaviest group of
+while the shards set up. At most ``$CELERYLAB_SHARDS`` (3) run at once, and each takes the heaviest group of
 tests left whenever it is free (by their deadlines), so the longest scenarios start first and the short ones
 fill in around them; a shard keeps its session (and its workers) from one group to the next.
 
@@ -48,7 +48,7 @@ import pytest
 from celerylab.engine import forkserver, processes
 
 SERIAL_ENV = "CELERYLAB_SERIAL"
-MAX_SHARDS = int(os.environ.get("CELERYLAB_SHARDS", "4"))  # at most this many side by side (2 cores)
+MAX_SHARDS = int(os.environ.get("CELERYLAB_SHARDS", "3"))  # side by side at most: measured best on 2 cores
 KIT_FIXTURES = {"lab_session", "celerylab_broker", "http_stub"}  # made per shard by design
 _HEADER = struct.Struct("!I")
 _PR_SET_PDEATHSIG = 1
