@@ -431,6 +431,17 @@ class _Forked:
         self.send_signal(signal.SIGKILL)
 
 
+class _Elsewhere:
+    """A zygote another process launched: alive while /proc shows it running (no waitpid: not our child)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def poll(self) -> int | None:
+        state = _proc_state(self.pid)
+        return None if state is not None and state[0] != "Z" else 0
+
+
 class ForkServer:
     """The owner's side of one zygote: :meth:`spawn` a ``python -m celery ...`` command through it."""
 
@@ -459,7 +470,7 @@ class ForkServer:
             code = 70
             try:
                 ours.detach()  # the owner's end: closed with every other inherited descriptor
-                _Zygote(theirs, owner, forked=True).run()
+                _Zygote([theirs], owner, forked=True).run()
             except BaseException:
                 with contextlib.suppress(BaseException):
                     os.write(2, traceback.format_exc().encode())
@@ -475,7 +486,15 @@ class ForkServer:
     def launch(cls) -> ForkServer:
         """Start the zygote as a fresh process (``python -m celerylab.engine.forkserver``), registered with
         :mod:`celerylab.engine.processes` and dying with this one: for a process that has threads."""
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        return cls.launch_shared(1)[0]
+
+    @classmethod
+    def launch_shared(cls, owners: int) -> list[ForkServer]:
+        """:meth:`launch` one zygote for ``owners`` processes, a socket each: the parent of the pytest shards
+        launches it as a grade begins (its imports overlap collection) and hands each shard one with
+        :meth:`hand_over`. A process that closes its socket, or dies, takes its workers with it; the
+        zygote ends with its last owner."""
+        pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(owners)]
         try:
             env = dict(os.environ)
             env.pop(ROOM_ENV, None)
@@ -484,7 +503,7 @@ class ForkServer:
             block = sum(len(k) + len(v) + 2 for k, v in env.items())
             env[ROOM_ENV] = "." * min(120_000, 2 * block + 16_384)
             argv = [sys.executable, "-m", __spec__.name if __spec__ else "celerylab.engine.forkserver"]
-            argv += [str(theirs.fileno()), str(os.getpid())]
+            argv += [",".join(str(theirs.fileno()) for _, theirs in pairs), str(os.getpid())]
             # The parent-death signal comes when the thread that forked ends: from any thread but the main
             # one, the zygote goes without and ends when its socket closes (as it also does at our death).
             main = threading.current_thread() is threading.main_thread()
@@ -497,17 +516,30 @@ class ForkServer:
                 log_path=Path(os.devnull),
                 env=env,
                 cwd=kit,
-                pass_fds=(theirs.fileno(),),
+                pass_fds=tuple(theirs.fileno() for _, theirs in pairs),
                 parent_death=main,
             )
         except BaseException:
-            ours.close()
+            for ours, _ in pairs:
+                ours.close()
             raise
         finally:
-            theirs.close()
+            for _, theirs in pairs:
+                theirs.close()
         proc.fork_server = True  # type: ignore[attr-defined]
         proc.zygote = True  # type: ignore[attr-defined]  # processes.live_pids(): not the caller's
-        return cls(ours, proc)
+        return [cls(ours, proc) for ours, _ in pairs]
+
+    def hand_over(self) -> ForkServer:
+        """In a process forked from the one that launched the zygote (a shard): this server, as its own.
+        The zygote is not its child, so it watches it through /proc, and never stops it."""
+        self.process = _Elsewhere(self.process.pid)
+        return self
+
+    def hang_up(self) -> None:
+        """Close this owner's socket: the zygote stops every worker it forked for this owner (and ends
+        with its last owner)."""
+        self._channel._close()
 
     @property
     def pid(self) -> int:
@@ -688,10 +720,11 @@ class _Zygote:
     the owner's files, freezes the garbage collector's view of everything inherited, and keeps a reference
     to whatever it drops: nothing inherited is ever finalised."""
 
-    def __init__(self, sock: socket.socket, owner: int, forked: bool) -> None:
-        self.sock, self.owner, self.forked = sock, owner, forked
+    def __init__(self, socks: Sequence[socket.socket], owner: int, forked: bool) -> None:
+        self.socks, self.owner, self.forked = list(socks), owner, forked  # one per owner it serves
         self.pid = os.getpid()
         self.children: set[int] = set()
+        self.owner_of: dict[int, socket.socket] = {}  # child pid -> the socket of the owner that asked
         self.import_env: dict[str, str] = {}
         self.base_path: list[str] = []
         self.pythonpath: list[str] = []
@@ -731,7 +764,7 @@ class _Zygote:
     def _release_inherited_files(self) -> None:
         """stdin/stdout/stderr to /dev/null, every other inherited descriptor closed, and every object
         that wraps one marked closed: sockets detached, files flushed into /dev/null and closed."""
-        keep = self.sock.fileno()
+        kept = {sock.fileno() for sock in self.socks}
         null = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(null, fd)
@@ -739,11 +772,11 @@ class _Zygote:
         for obj in gc.get_objects():
             with contextlib.suppress(Exception):
                 if isinstance(obj, socket.socket):
-                    if obj.fileno() not in (-1, keep):
+                    if obj.fileno() != -1 and obj.fileno() not in kept:
                         obj.detach()
                 elif isinstance(obj, io.IOBase):
                     fd = obj.fileno()
-                    if fd > 2 and fd not in (keep, null):
+                    if fd > 2 and fd != null and fd not in kept:
                         os.dup2(null, fd)
                         obj.close()
                 elif isinstance(obj, selectors.BaseSelector) or (
@@ -751,11 +784,11 @@ class _Zygote:
                 ):
                     poller = getattr(obj, "_selector", None) or getattr(obj, "_epoll", None)
                     fd = poller.fileno() if hasattr(poller, "fileno") else -1
-                    if fd > 2 and fd not in (keep, null):
+                    if fd > 2 and fd != null and fd not in kept:
                         os.dup2(null, fd)
                         poller.close()
         os.close(null)
-        _close_fds_except({0, 1, 2, keep})
+        _close_fds_except({0, 1, 2, *kept})
 
     # the loop
     def run(self, pdeathsig: bool = True) -> NoReturn:
@@ -765,28 +798,34 @@ class _Zygote:
         signal.signal(signal.SIGCHLD, lambda *_: None)  # a handler, so that SIGCHLD writes to the pipe
         signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
         self.wake = (wake_r, wake_w)
-        buffer = bytearray()
+        buffers = {sock: bytearray() for sock in self.socks}
         while True:
-            readable, _, _ = select.select([self.sock, wake_r], [], [])
+            readable, _, _ = select.select([*self.socks, wake_r], [], [])
             if wake_r in readable:
                 with contextlib.suppress(BlockingIOError):
                     os.read(wake_r, 4096)
                 self._reap()
-            if self.sock in readable:
-                data = self.sock.recv(1 << 16)
+            for sock in (s for s in readable if s is not wake_r):
+                data = sock.recv(1 << 16)
                 if not data:
-                    self._owner_gone()
-                buffer.extend(data)
-                for request in _frames(buffer):
-                    self._serve(request)
+                    self._owner_gone(sock)
+                    continue
+                buffers[sock].extend(data)
+                for request in _frames(buffers[sock]):
+                    self._serve(request, sock)
             self._reap()
 
-    def _owner_gone(self) -> NoReturn:
-        """The owner closed its end (or died): nothing it started may outlive it."""
-        for pid in self.children:
-            with contextlib.suppress(OSError):
-                os.killpg(pid, signal.SIGKILL)
-        os._exit(0)
+    def _owner_gone(self, sock: socket.socket) -> None:
+        """An owner closed its end (or died): nothing it started may outlive it. With no owner left the
+        zygote ends."""
+        for pid, owner in list(self.owner_of.items()):
+            if owner is sock:
+                with contextlib.suppress(OSError):
+                    os.killpg(pid, signal.SIGKILL)
+        with contextlib.suppress(ValueError):
+            self.socks.remove(sock)
+        if not self.socks:
+            os._exit(0)
 
     def _reap(self) -> None:
         while True:
@@ -798,15 +837,17 @@ class _Zygote:
                 return
             if pid in self.children:  # else an orphan of a worker, re-parented to the subreaper
                 self.children.discard(pid)
-                self._reply({"exit": pid, "code": os.waitstatus_to_exitcode(status)})
+                owner = self.owner_of.pop(pid)
+                if owner in self.socks:
+                    self._reply({"exit": pid, "code": os.waitstatus_to_exitcode(status)}, owner)
 
-    def _reply(self, message: dict[str, Any]) -> None:
+    def _reply(self, message: dict[str, Any], sock: socket.socket) -> None:
         try:
-            _send(self.sock, message)
+            _send(sock, message)
         except OSError:
-            self._owner_gone()
+            self._owner_gone(sock)
 
-    def _serve(self, request: dict[str, Any]) -> None:
+    def _serve(self, request: dict[str, Any], sock: socket.socket) -> None:
         err_r, err_w = os.pipe()  # close-on-exec: EOF once the child runs Celery (or exec'd), else why not
         pid = os.fork()
         if pid == 0:
@@ -817,11 +858,12 @@ class _Zygote:
         if failure:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
-            self._reply({"id": request["id"], "error": json.loads(failure)})
+            self._reply({"id": request["id"], "error": json.loads(failure)}, sock)
             return
         self.children.add(pid)
+        self.owner_of[pid] = sock
         state = _proc_state(pid)
-        self._reply({"id": request["id"], "pid": pid, "started": state[1] if state else 0})
+        self._reply({"id": request["id"], "pid": pid, "started": state[1] if state else 0}, sock)
 
 
 class _Child:
@@ -869,7 +911,8 @@ class _Child:
         os.dup2(null, 0)
         os.dup2(log, 1)
         os.dup2(log, 2)
-        zygote.sock.detach()
+        for sock in zygote.socks:
+            sock.detach()
         _close_fds_except({0, 1, 2, self.err_w})
         _replace_environ(env)
         if _must_exec(argv, env, zygote.import_env):
@@ -1424,7 +1467,8 @@ def _core_builtin(name: str) -> bool:
 
 
 def _main(args: Sequence[str]) -> NoReturn:
-    """``python -m celerylab.engine.forkserver FD OWNER [--no-pdeathsig]``: the launched zygote; or
+    """``python -m celerylab.engine.forkserver FD[,FD...] OWNER [--no-pdeathsig]``: the launched zygote
+    (a socket per owner it serves); or
     ``--inspect``: print :func:`inspect_preload` as JSON."""
     if args[:1] == ["--inspect"]:
         print(json.dumps(inspect_preload()))
@@ -1432,8 +1476,8 @@ def _main(args: Sequence[str]) -> NoReturn:
         os._exit(0)
     code = 70
     try:
-        sock = socket.socket(fileno=int(args[0]))
-        _Zygote(sock, int(args[1]), forked=False).run(pdeathsig="--no-pdeathsig" not in args)
+        socks = [socket.socket(fileno=int(fd)) for fd in args[0].split(",")]
+        _Zygote(socks, int(args[1]), forked=False).run(pdeathsig="--no-pdeathsig" not in args)
     except BaseException:
         with contextlib.suppress(BaseException):
             os.write(2, traceback.format_exc().encode())

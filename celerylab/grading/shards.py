@@ -114,6 +114,7 @@ class Runner:
         take_result: Callable[[pytest.Item, dict | None, str], None],
         after_fork: Callable[[], Any] = lambda: None,
         limit: int = MAX_SHARDS,
+        servers: Sequence[forkserver.ForkServer] = (),
     ) -> None:
         self.session, self.config = session, session.config
         self.items: list[pytest.Item] = list(session.items)
@@ -122,6 +123,7 @@ class Runner:
         self.parent_runs = parent_runs  # exclusive tests: run here, once every shard has ended
         self.on_fork, self.result_of, self.take_result = on_fork, result_of, take_result
         self.after_fork = after_fork  # run by the parent while the shards set up; its result goes to each
+        self.servers = list(servers)  # a zygote's sockets, one per shard (by number), launched beforehand
         self._down = -1  # in a shard: where the parent's frames arrive (the payload, then its next groups)
         self._frames: dict[str, list[Any]] = {}
         self._frames_lock = threading.Lock()
@@ -192,6 +194,9 @@ class Runner:
         os.close(write)
         os.close(down_read)
         shard.pid, shard.fd, shard.down = pid, read, down_write
+        number = self.shards.index(shard)
+        if number < len(self.servers):  # the shard's now: when it ends, the zygote must see it hang up
+            self.servers[number]._channel.sock.close()
 
     def _collect(self) -> None:
         """Read every shard's messages until each has ended; replay what is complete as it arrives."""
@@ -378,8 +383,16 @@ class _Shard:
         if reporter is not None:
             manager.unregister(reporter)
         manager.register(self, name="celerylab-shard")
-        self.runner.on_fork(self.runner.shards.index(self.shard))
-        serve_workers_from_here()
+        number = self.runner.shards.index(self.shard)
+        self.runner.on_fork(number)
+        mine = self.runner.servers[number] if number < len(self.runner.servers) else None
+        for other in self.runner.servers:  # copies of the other owners' sockets: theirs, not ours
+            if other is not mine:
+                other._channel.sock.close()
+        if mine is not None and mine.alive:
+            forkserver.install(mine.hand_over())  # the zygote the grade launched as it began
+        else:
+            serve_workers_from_here()
 
     def send(self, message: tuple) -> None:
         data = pickle.dumps(message)
