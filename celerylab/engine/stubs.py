@@ -48,7 +48,9 @@ class ScriptedHTTPServer:
         self._stopping = threading.Event()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._make_handler())
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="celerylab-stub", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(0.05,), name="celerylab-stub", daemon=True
+        )
 
     @property
     def base_url(self) -> str:

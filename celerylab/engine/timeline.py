@@ -221,11 +221,13 @@ class Recorder:
         """An event the kit records itself, not through the broker (which may be down at that moment)."""
         self._on_event({"type": type, "timestamp": time.time(), "hostname": "celerylab", **fields})
 
-    def stop(self) -> None:
+    def stop(self, wait: float = 0.2) -> None:
+        """Ask the listening thread to end (it notices within a second; it is a daemon anyway) and wait up
+        to ``wait`` seconds for it: 0 when nothing listens again after (the end of a grade)."""
         if self._receiver is not None:
             self._receiver.should_stop = True
-        if self._thread is not None:
-            self._thread.join(timeout=0.2)  # it notices should_stop within a second; daemon anyway
+        if self._thread is not None and wait > 0:
+            self._thread.join(timeout=wait)
 
     def wait_for(self, predicate: Callable[[list[Event]], Any], timeout: float, what: str) -> Any:
         deadline = time.monotonic() + timeout

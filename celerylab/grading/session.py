@@ -325,7 +325,7 @@ class LabSession:
         for proxy in self.proxies.values():
             proxy.close()
         self.proxies.clear()
-        self.recorder.stop()
+        self.recorder.stop(wait=0)  # nothing listens after this
         processes.sweep_strays()  # daemons and new-session children the learner's code started
         self.ns.cleanup()
         if self.database is not None:  # after the workers: nothing holds it any more
