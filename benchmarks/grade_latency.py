@@ -43,8 +43,9 @@ from celerylab.grading import labs  # noqa: E402
 MEDIAN_TARGET, MAX_TARGET = 1.5, 2.0
 
 
-def bare_worker(broker_url: str, backend_url: str) -> float:
-    """Seconds from spawning a bare prefork worker to its first ping reply, plus one task round trip."""
+def bare_worker(broker_url: str, backend_url: str | None = None, concurrency: int = 1) -> float:
+    """Seconds from spawning a bare prefork worker (a plain app, no kit) to its first ping reply, plus one
+    task round trip when there is a result backend to bring the answer back."""
     queue = f"bench-{os.getpid()}-{time.monotonic_ns()}"
     with tempfile.TemporaryDirectory() as folder:
         Path(folder, "tasks.py").write_text(
@@ -60,31 +61,29 @@ def bare_worker(broker_url: str, backend_url: str) -> float:
         client = Celery("bench", broker=broker_url, backend=backend_url, set_as_current=False)
         client.conf.task_default_queue = queue
         host = f"bench@{queue}"
-        argv = ["-P", "prefork", "-c", "1", "-n", host, "--without-gossip", "--without-mingle"]
+        argv = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "tasks",
+            "worker",
+            "-P",
+            "prefork",
+            "-c",
+            str(concurrency),
+        ]
+        argv += ["-n", host, "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "WARNING"]
         begun = time.monotonic()
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "tasks",
-                "worker",
-                *argv,
-                "--without-heartbeat",
-                "-l",
-                "WARNING",
-            ],
-            cwd=folder,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
+            argv, cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
         )
         try:
             while not client.control.ping(destination=[host], timeout=0.1):
                 if proc.poll() is not None:
                     raise SystemExit("the bare worker died; is the broker up?")
-            assert client.send_task("tasks.add", (1, 2)).get(timeout=10) == 3
+            if backend_url:
+                assert client.send_task("tasks.add", (1, 2)).get(timeout=10) == 3
             return time.monotonic() - begun
         finally:
             os.killpg(proc.pid, 9)

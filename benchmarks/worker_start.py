@@ -16,15 +16,11 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
-
-from celery import Celery
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -33,6 +29,9 @@ from celerylab.engine import forkserver  # noqa: E402
 from celerylab.engine.brokers import open_broker  # noqa: E402
 from celerylab.engine.namespaces import Namespace  # noqa: E402
 from celerylab.engine.workers import start_worker  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import grade_latency  # noqa: E402  (the bare worker, measured the same way in both benchmarks)
 
 TARGET = 0.3
 TASKS = """
@@ -46,37 +45,8 @@ def add(x, y):
 
 
 def bare_worker(broker_url: str, run: int) -> float:
-    """Seconds from spawning a plain `celery worker` (no kit) to its first ping reply."""
-    queue = f"bench-{os.getpid()}-{run}-{time.monotonic_ns()}"
-    with tempfile.TemporaryDirectory() as folder:
-        Path(folder, "tasks.py").write_text(
-            textwrap.dedent(f"""
-            from celery import Celery
-            app = Celery("bench", broker={broker_url!r})
-            app.conf.task_default_queue = {queue!r}
-        """)
-        )
-        client = Celery("bench", broker=broker_url, set_as_current=False)
-        host = f"bench@{queue}"
-        argv = [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-P", "prefork", "-c", "2"]
-        argv += ["-n", host, "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "WARNING"]
-        begun = time.monotonic()
-        proc = subprocess.Popen(
-            argv,
-            cwd=folder,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        try:
-            while not client.control.ping(destination=[host], timeout=0.1):
-                if proc.poll() is not None:
-                    raise SystemExit("the bare worker died; is the broker up?")
-            return time.monotonic() - begun
-        finally:
-            os.killpg(proc.pid, 9)
-            proc.wait()
-            client.close()
+    """Seconds from spawning a plain `celery worker` (no kit, two pool processes) to its first ping reply."""
+    return grade_latency.bare_worker(broker_url, None, concurrency=2)
 
 
 def kit_worker(ns: Namespace, folder: Path, run: int, served: bool) -> float:

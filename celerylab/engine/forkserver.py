@@ -52,7 +52,6 @@ import select
 import selectors
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -63,7 +62,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from celerylab.engine import processes
+from celerylab.engine import framing, processes
 
 ENV = "CELERYLAB_FORKSERVER"  # "0" (or false/no/off): every worker is a plain exec'd process
 ROOM_ENV = "CELERYLAB_FORKSERVER_ROOM"  # padding in a launched zygote's environ block: room to rewrite it
@@ -224,7 +223,6 @@ IMPORT_ENV = frozenset(
 # (its snapshot of the environment is taken again in every worker), and modules that read it when called.
 _SPY_IGNORED = ("celerylab", "collections.abc", "wsgiref.handlers", "sysconfig", "gettext")
 
-_HEADER = struct.Struct("!I")
 _PR_SET_PDEATHSIG, _PR_SET_CHILD_SUBREAPER = 1, 36
 _EVENT_LOOP_POOLS = ("eventlet", "gevent")
 _PYTHON_IGNORES = (signal.SIGPIPE, signal.SIGXFSZ)  # ignored by every Python at start-up, reset by Popen
@@ -248,17 +246,11 @@ def servable(argv: Sequence[str]) -> bool:
 
 
 def _send(sock: socket.socket, message: dict[str, Any]) -> None:
-    data = json.dumps(message).encode()
-    sock.sendall(_HEADER.pack(len(data)) + data)
+    sock.sendall(framing.frame(json.dumps(message).encode()))
 
 
 def _frames(buffer: bytearray) -> Iterator[dict[str, Any]]:
-    while len(buffer) >= _HEADER.size:
-        (size,) = _HEADER.unpack_from(buffer)
-        if len(buffer) < _HEADER.size + size:
-            return
-        data = bytes(buffer[_HEADER.size : _HEADER.size + size])
-        del buffer[: _HEADER.size + size]
+    for data in framing.unframe(buffer):
         yield json.loads(data)
 
 

@@ -35,7 +35,6 @@ import os
 import pickle
 import select
 import signal
-import struct
 import sys
 import threading
 import time
@@ -45,12 +44,11 @@ from typing import Any
 
 import pytest
 
-from celerylab.engine import forkserver, processes
+from celerylab.engine import forkserver, framing, processes
 
 SERIAL_ENV = "CELERYLAB_SERIAL"
 MAX_SHARDS = int(os.environ.get("CELERYLAB_SHARDS", "3"))  # side by side at most: measured best on 2 cores
 KIT_FIXTURES = {"lab_session", "celerylab_broker", "http_stub"}  # made per shard by design
-_HEADER = struct.Struct("!I")
 _PR_SET_PDEATHSIG = 1
 
 
@@ -170,7 +168,7 @@ class Runner:
         probe's thread waits for the payload while the main thread asks for groups)."""
         with self._frames_lock:
             while not self._frames.get(kind):
-                size = _HEADER.unpack(_read_exactly(self._down, _HEADER.size))[0]
+                size = framing.HEADER.unpack(_read_exactly(self._down, framing.HEADER.size))[0]
                 got, value = pickle.loads(_read_exactly(self._down, size))
                 self._frames.setdefault(got, []).append(value)
             return self._frames[kind].pop(0)
@@ -178,7 +176,7 @@ class Runner:
     def _tell(self, shard: Shard, frame: tuple) -> None:
         data = pickle.dumps(frame)
         with contextlib.suppress(OSError):  # a shard that already ended reads nothing
-            _write_all(shard.down, _HEADER.pack(len(data)) + data)
+            _write_all(shard.down, framing.frame(data))
 
     def _fork(self, shard: Shard) -> None:
         read, write = os.pipe()
@@ -396,7 +394,7 @@ class _Shard:
 
     def send(self, message: tuple) -> None:
         data = pickle.dumps(message)
-        _write_all(self.fd, _HEADER.pack(len(data)) + data)
+        _write_all(self.fd, framing.frame(data))
 
     # pytest hooks, in the shard
     def pytest_runtest_logstart(self, nodeid: str, location: tuple) -> None:
@@ -434,10 +432,5 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 def _messages(buffer: bytearray) -> Iterator[tuple]:
-    while len(buffer) >= _HEADER.size:
-        (size,) = _HEADER.unpack_from(buffer)
-        if len(buffer) < _HEADER.size + size:
-            return
-        data = bytes(buffer[_HEADER.size : _HEADER.size + size])
-        del buffer[: _HEADER.size + size]
+    for data in framing.unframe(buffer):
         yield pickle.loads(data)
