@@ -18,7 +18,7 @@ from celerylab.grading import labs
 from tests.kit.conftest import MARK, grade_side_by_side, kit_processes, run_celerylab
 
 LABS = [lab.name for lab in labs.catalogue()]
-HEAVY = 12  # expected_seconds above which a lab's two default grades run in the slow suite (CI runs it),
+HEAVY = 7  # expected_seconds above which a lab's two default grades run in the slow suite (CI runs it),
 # so the default `pytest` stays under its 10-minute budget as labs are added; `pytest -m slow` grades them
 
 
