@@ -552,7 +552,10 @@ class Timeline:
                 head = name if what is None else f"{name} {what}" if several else what
                 return f"{head} [{a.uuid[:6]}]#{a.number}"
 
-        lo = min([0.0] + [life.timestamp - t0 for life in self.lifecycle()]) if life else 0.0
+        # The axis starts at the first lifecycle mark drawn, else at the first attempt. A mark that is not
+        # drawn (a worker coming online, a pool process with no attempt here) widens nothing: counting it
+        # put labels far left of the axis, where tight_layout cannot fit them (a slow worker start).
+        lo = min([0.0] + [x.timestamp - t0 for x in self.lifecycle() if _drawn(x, rows)]) if life else 0.0
         char = (span - lo) * 0.1 / 7.5  # about one character at FONT, in seconds, on a ~7.5 in wide axis
         label_end: dict[tuple[int, int], float] = {}  # (row, level) -> where the last label there ends
         for a in sorted(attempts, key=lambda a: a.start):
@@ -652,6 +655,13 @@ class Timeline:
                 )
             elif life.kind == "process-up" and (life.hostname, life.pid) in rows:
                 ax.plot([x], [rows.index((life.hostname, life.pid))], marker=">", color="black", markersize=5)
+
+
+def _drawn(life: Life, rows: list[tuple[str, int | None]]) -> bool:
+    """Whether :meth:`Timeline._plot_life` draws ``life`` on a plot of ``rows``."""
+    return life.kind in ("signal", "killed", "offline", "broker") or (
+        life.kind == "process-up" and (life.hostname, life.pid) in rows
+    )
 
 
 def _short(a: Attempt) -> str:

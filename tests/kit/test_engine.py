@@ -246,6 +246,28 @@ def test_a_long_run_of_identical_attempts_folds_into_one_line():
     assert "28 x retry (tries 3-30" in lines[-1] and "ServerError('503')" in lines[-1]
 
 
+def test_a_plot_keeps_its_labels_on_the_axis_whatever_the_lifecycle_not_drawn(recwarn):
+    """A short attempt, and the other pool process coming up 1.5 s before it (no bar, so no marker): its
+    label stays on the axis. Counting that moment widened the label's width in seconds until the label
+    sat far left of the axis, and tight_layout warned (seen under load, in a notebook's widget)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from celerylab.engine.timeline import ATTEMPT_END, ATTEMPT_START, PROCESS_UP, Event, Timeline
+
+    recorder = Recorder(app=None)
+    t = 1000.0
+    recorder.events += [
+        Event(PROCESS_UP, None, t - 1.5, "w1@host", {"pid": 8}),
+        Event(ATTEMPT_START, "abcdef123456", t, "w1@host", {"pid": 7, "name": "tasks.remind"}),
+        Event(ATTEMPT_END, "abcdef123456", t + 0.005, "w1@host", {"pid": 7, "state": "SUCCESS"}),
+    ]
+    ax = Timeline(recorder).plot()
+    left, right = ax.get_xlim()
+    assert all(left <= text.get_position()[0] <= right for text in ax.texts), ax.texts
+    assert not [w for w in recwarn if "ight layout" in str(w.message)], [str(w.message) for w in recwarn]
+
+
 class DeafFirst(Recorder):
     """A recorder whose first connection is accepted but never delivers (a blocked or half-open one)."""
 
