@@ -298,7 +298,7 @@ class Runner:
         """Ctrl-C: each shard got the SIGINT too (same process group) and tears its fixtures down; wait for
         that, bounded, then kill what is left. Their workers die with them (parent-death signals)."""
         live = [shard for shard in self.shards if shard.pid and shard.exit_code is None]
-        for shard in live:
+        for shard in live:  # a terminal's Ctrl-C reached them already; a shard ignores a second one
             with contextlib.suppress(ProcessLookupError):
                 os.kill(shard.pid, signal.SIGINT)
         deadline = time.monotonic() + grace
@@ -343,6 +343,7 @@ class _Shard:
                 self.config.hook.pytest_runtest_protocol(item=self.runner.items[index], nextitem=nextitem)
         except KeyboardInterrupt:
             code = 130
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # one Ctrl-C is enough: let the teardown finish
             with contextlib.suppress(BaseException):
                 self.runner.session._setupstate.teardown_exact(None)  # every fixture: workers stopped
             with contextlib.suppress(BaseException):
