@@ -1,10 +1,18 @@
 """Every notebook executes headless, top to bottom, on real workers, its widgets work after that, and it
-leaves nothing behind."""
+leaves nothing behind.
+
+The notebooks run side by side (3 at a time, ``$CELERYLAB_NOTEBOOKS_AT_ONCE``; tests/kit/sidebyside.py),
+each kernel with a mark, a temp folder and a state folder of its own, so the processes left behind are
+those of its own kernel (checked as soon as it has shut down, as ``no_orphans`` does for one test)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import sys
+import uuid
+from functools import partial
 from pathlib import Path
 
 import nbformat
@@ -12,7 +20,8 @@ import pytest
 from nbclient import NotebookClient
 
 from celerylab.study.notebook_outputs import is_tidy
-from tests.kit.conftest import ROOT
+from tests.kit.conftest import MARK, ROOT, kit_processes
+from tests.kit.sidebyside import SideBySide, heaviest_first, selected
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
@@ -25,18 +34,58 @@ def _marks(path: Path) -> list:
     return [pytest.mark.slow] if number.isdigit() and int(number) >= 4 else []
 
 
-@pytest.mark.parametrize("path", [pytest.param(p, id=p.stem, marks=_marks(p)) for p in NOTEBOOKS])
-def test_notebook_executes(path: Path, tmp_path, monkeypatch, no_orphans):
-    # The kernel must be this interpreter (with celerylab installed), whatever PATH says.
-    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("CELERYLAB_HOME", str(tmp_path / "state"))
-    monkeypatch.setenv("MPLBACKEND", "Agg")
+async def execute(base: Path, path: Path):
+    """Runs ``path`` with the widget step appended, in a kernel of its own (this interpreter, whatever PATH
+    says; its own mark, temp and state folders), and returns it executed; fails if a kit process started
+    under its mark outlived its kernel."""
+    mark = uuid.uuid4().hex
+    temp = base / mark  # named by the mark: kit_processes knows a valkey server by its working folder
+    temp.mkdir()
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "CELERYLAB_HOME": str(temp / "state"),
+        "MPLBACKEND": "Agg",
+        MARK: mark,
+        "TMPDIR": str(temp),
+    }
     nb = nbformat.read(path, as_version=4)
     nb.cells.append(nbformat.v4.new_code_cell(AFTER_RUN_ALL))
     client = NotebookClient(
         nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
     )
-    client.execute()
+    try:
+        await client.async_execute(env=env)  # the kernel is shut down when it returns
+    except Exception as exc:
+        if left := await asyncio.to_thread(kit_processes, mark):
+            exc.add_note(f"processes left behind: {left}")
+        raise
+    left = await asyncio.to_thread(kit_processes, mark)
+    assert not left, f"processes left behind: {left}"
+    return nb
+
+
+@contextlib.asynccontextmanager
+async def _kernels(base: Path):
+    yield partial(execute, base)
+
+
+@pytest.fixture(scope="module")
+def executed(request, tmp_path_factory) -> SideBySide:
+    """Every selected notebook executing, started now, side by side; each test waits for its own."""
+    base = tmp_path_factory.mktemp("notebooks")
+    runs = SideBySide(selected(request, "test_notebook_executes"), partial(_kernels, base)).start()
+    try:
+        yield runs
+    finally:
+        runs.stop()
+
+
+@pytest.mark.parametrize(
+    "path", [pytest.param(p, id=p.stem, marks=_marks(p)) for p in heaviest_first(NOTEBOOKS)]
+)
+def test_notebook_executes(path: Path, executed: SideBySide):
+    nb = executed.verdict(path)  # raises what failed in this notebook's run
     errors = [o for cell in nb.cells for o in cell.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors, errors
     assert not widget_errors(nb), widget_errors(nb)
