@@ -7,7 +7,8 @@ A shard is a fork of the pytest process taken after collection, so it pays no in
 collection; the broker is opened once, by the parent, and every lab's import probe runs once, in the parent,
 while the shards set up. At most ``$CELERYLAB_SHARDS`` (3) run at once, and each takes the heaviest group of
 tests left whenever it is free (by their deadlines), so the longest scenarios start first and the short ones
-fill in around them; a shard keeps its session (and its workers) from one group to the next.
+fill in around them. Every group starts on a session of its own: what one test leaves behind (a backlog of
+tasks, a busy worker) can never reach another, whichever ran first.
 
 Each shard has a lab session of its own (namespace, event recorder, workers, HTTP stub, database): no test
 can see another shard's tasks, and a verdict cannot depend on which tests overlapped. A shard runs its
@@ -229,7 +230,7 @@ class Runner:
         kind, index = message[0], message[1]
         if kind == "interrupted":
             raise KeyboardInterrupt
-        if kind == "next":  # the shard is on its last test: hand it the next group, nextitem included
+        if kind == "next":  # the shard finished a group: hand it the next one
             group = self.queue.pop(0) if self.queue else []
             shard.items.extend(group)
             self._tell(shard, ("group", group))
@@ -334,13 +335,14 @@ class _Shard:
         code = 0
         try:
             self._become_shard()
-            queue = list(self.shard.items)  # its first group; the parent hands out the rest as it goes
-            while queue:
-                index = queue.pop(0)
-                if not queue:  # pytest needs the next test now, to keep the fixtures it shares
-                    queue = self.runner.next_group()
-                nextitem = self.runner.items[queue[0]] if queue else None
-                self.config.hook.pytest_runtest_protocol(item=self.runner.items[index], nextitem=nextitem)
+            group = list(self.shard.items)  # its first group; the parent hands out the rest as it goes
+            while group:
+                for n, index in enumerate(group):
+                    # No next item after a group's last test: every fixture is torn down, so the next group
+                    # starts on a session of its own (namespace, workers, stub), whatever this one left.
+                    nextitem = self.runner.items[group[n + 1]] if n + 1 < len(group) else None
+                    self.config.hook.pytest_runtest_protocol(item=self.runner.items[index], nextitem=nextitem)
+                group = self.runner.next_group()
         except KeyboardInterrupt:
             code = 130
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # one Ctrl-C is enough: let the teardown finish
