@@ -223,7 +223,6 @@ IMPORT_ENV = frozenset(
 # (its snapshot of the environment is taken again in every worker), and modules that read it when called.
 _SPY_IGNORED = ("celerylab", "collections.abc", "wsgiref.handlers", "sysconfig", "gettext")
 
-_PR_SET_PDEATHSIG, _PR_SET_CHILD_SUBREAPER = 1, 36
 _EVENT_LOOP_POOLS = ("eventlet", "gevent")
 _PYTHON_IGNORES = (signal.SIGPIPE, signal.SIGXFSZ)  # ignored by every Python at start-up, reset by Popen
 
@@ -693,13 +692,6 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 # -- the zygote ---------------------------------------------------------------------------------------
 
 
-def _prctl(option: int, value: int) -> bool:
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        return False
-
-
 _retained: list[Any] = []  # what the zygote and its children drop but must never free (see _Zygote)
 
 
@@ -725,10 +717,12 @@ class _Zygote:
     def prepare(self, pdeathsig: bool = True) -> None:
         if self.forked:
             os.setsid()  # the owner's Ctrl-C and group kills are not for the zygote
-        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL if pdeathsig else 0)
+        processes.prctl(processes.PR_SET_PDEATHSIG, signal.SIGKILL if pdeathsig else 0)
         if os.getppid() != self.owner:
             os._exit(1)  # the owner died before the parent-death signal was set
-        _prctl(_PR_SET_CHILD_SUBREAPER, 1)  # what a worker orphans stays below the zygote (strays())
+        processes.prctl(
+            processes.PR_SET_CHILD_SUBREAPER, 1
+        )  # what a worker orphans stays below the zygote (strays())
         _default_signals(())
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
         if self.forked:
@@ -891,7 +885,7 @@ class _Child:
         zygote, request = self.zygote, self.request
         argv, env, cwd = request["argv"], request["env"], request["cwd"]
         os.setsid()
-        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        processes.prctl(processes.PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != zygote.pid:
             os._exit(1)
         signal.set_wakeup_fd(-1)

@@ -26,21 +26,27 @@ from pathlib import Path
 
 _live: dict[int, subprocess.Popen] = {}
 _lock = threading.Lock()
-_PR_SET_PDEATHSIG = 1
+PR_SET_PDEATHSIG = 1
 _PR_SET_NAME = 15
-_PR_SET_CHILD_SUBREAPER = 36
+PR_SET_CHILD_SUBREAPER = 36
 OWNER = "CELERYLAB_OWNER"  # in every spawned child's environment: whose grade it belongs to
 WORKER_NAME = "celerylab-w"  # /proc/PID/comm of a worker's processes (main and pool), forked or exec'd
 BEAT_NAME = "celerylab-b"
 
 
+def prctl(option: int, value: int) -> bool:
+    """Linux's prctl(option, value); False where it failed or does not exist."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
 def _prepare_child() -> None:  # runs in the child between fork and exec
     _unblock_interrupts()
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        except OSError:
-            pass
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _unblock_interrupts() -> None:
@@ -157,12 +163,7 @@ def process_name(argv: Sequence[str]) -> str | None:
 def become_subreaper() -> bool:
     """Orphaned descendants (a learner's daemon, a child in its own session) come to this process, not
     to init, so :func:`sweep_strays` can still find them."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        return ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1) == 0
-    except OSError:
-        return False
+    return prctl(PR_SET_CHILD_SUBREAPER, 1)
 
 
 def _table() -> dict[int, tuple[int, int, str]]:
