@@ -31,7 +31,6 @@ Markers (a lab author writes a test as usual, plus at most one of these):
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import pickle
 import select
@@ -49,8 +48,6 @@ from celerylab.engine import forkserver, framing, processes
 
 SERIAL_ENV = "CELERYLAB_SERIAL"
 MAX_SHARDS = int(os.environ.get("CELERYLAB_SHARDS", "3"))  # side by side at most: measured best on 2 cores
-KIT_FIXTURES = {"lab_session", "celerylab_broker", "http_stub"}  # made per shard by design
-_PR_SET_PDEATHSIG = 1
 
 
 @dataclass
@@ -126,6 +123,9 @@ class Runner:
         self._down = -1  # in a shard: where the parent's frames arrive (the payload, then its next groups)
         self._frames: dict[str, list[Any]] = {}
         self._frames_lock = threading.Lock()
+        self._received_lock = threading.Lock()  # every session's probe thread asks; one frame comes
+        self._received: Any = None
+        self._has_received = False
         self.finished: dict[int, list[tuple]] = {}  # item index -> its messages, until replayed
         self.replayed = 0  # every item before this index has been shown
 
@@ -155,9 +155,10 @@ class Runner:
 
     def received(self) -> Any:
         """In a shard: what the parent's ``after_fork`` returned (waits for it the first time)."""
-        if "payload" not in self._frames or self._frames["payload"]:
-            self._frames["payload"] = [self._frame("payload")]
-        return self._frames["payload"][0]
+        with self._received_lock:
+            if not self._has_received:
+                self._received, self._has_received = self._frame("payload"), True
+        return self._received
 
     def next_group(self) -> list[int]:
         """In a shard: ask the parent for more tests to run; ``[]`` when none are left."""
@@ -363,9 +364,7 @@ class _Shard:
 
     def _become_shard(self) -> None:
         """Forget what is the parent's (its children, terminal, captured output); die with the parent."""
-        if sys.platform.startswith("linux"):
-            with contextlib.suppress(OSError):
-                ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        processes.prctl(processes.PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() == 1:
             os._exit(1)
         processes.forget_inherited()
