@@ -10,8 +10,8 @@ tests left whenever it is free (by their deadlines), so the longest scenarios st
 fill in around them. Every group starts on a session of its own: what one test leaves behind (a backlog of
 tasks, a busy worker) can never reach another, whichever ran first.
 
-Each shard has a lab session of its own (namespace, event recorder, workers, HTTP stub, database): no test
-can see another shard's tasks, and a verdict cannot depend on which tests overlapped. A shard runs its
+A session (namespace, event recorder, workers, HTTP stub, database) is never shared across groups, so no test
+can see another group's tasks, and a verdict cannot depend on which tests overlapped. A shard runs its
 tests with pytest's own protocol (fixtures, pytest-timeout's backstop, the grade report's hooks) and sends
 every report to the parent, which replays them in collection order: the progress line, ``-v``, the score
 table and the JSON report read as in a serial run.
