@@ -1,6 +1,7 @@
 """A grade's time against the floor no grader can beat, lab by lab.
 
     python benchmarks/grade_latency.py [--lab retries ...] [--broker redis] [--runs 1] [--serial]
+                                       [--save-durations]
 
 For each lab it times `celerylab grade <lab> --solutions` end to end (a fresh process, as a learner runs it)
 and divides it by that lab's floor, measured in the same run:
@@ -17,6 +18,8 @@ and divides it by that lab's floor, measured in the same run:
 
 It prints one ratio (grade / floor) per lab and the median over labs. The targets: median <= 1.5, no lab
 above 2.0. `--serial` grades with the tests one after the other (`CELERYLAB_SERIAL=1`): the figures before.
+`--save-durations` writes what each test took to tests/labs/durations.json, from which a grade's shards take
+the longest tests first (run it after adding or changing a lab's tests).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 from celerylab.engine.brokers import open_broker  # noqa: E402
 from celerylab.grading import labs  # noqa: E402
+from celerylab.grading.plugin import DURATIONS  # noqa: E402
 
 MEDIAN_TARGET, MAX_TARGET = 1.5, 2.0
 
@@ -115,7 +119,20 @@ def grade(lab: str, broker: str, serial: bool) -> dict:
         "scenario": longest["id"].rsplit("::", 1)[-1],
         "rules": ",".join(longest.get("rules", [])),
         "sum_of_tests": sum(t["duration"] for t in report["tests"]),
+        "durations": {t["id"]: t["duration"] for t in report["tests"]},
     }
+
+
+def save_durations(measured: dict[str, list[float]]) -> None:
+    """Each test's median duration into tests/labs/durations.json, which orders a grade's tests (the
+    longest start first); tests of labs not graded this time keep their figures."""
+    try:
+        durations = json.loads(DURATIONS.read_text())
+    except (OSError, ValueError):
+        durations = {}
+    durations.update({test: round(statistics.median(seconds), 2) for test, seconds in measured.items()})
+    DURATIONS.write_text(json.dumps(dict(sorted(durations.items())), indent=1) + "\n")
+    print(f"wrote {len(measured)} tests' durations to {DURATIONS.relative_to(ROOT)}")
 
 
 def main() -> None:
@@ -124,7 +141,13 @@ def main() -> None:
     parser.add_argument("--broker", default="redis", help="embedded | redis | rabbitmq (default redis)")
     parser.add_argument("--runs", type=int, default=1, help="grades per lab; the median is shown")
     parser.add_argument("--serial", action="store_true", help="grade with the tests one after the other")
+    parser.add_argument(
+        "--save-durations",
+        action="store_true",
+        help=f"write each test's median duration to {DURATIONS.relative_to(ROOT)} (the order tests start in)",
+    )
     args = parser.parse_args()
+    measured: dict[str, list[float]] = {}
     names = args.lab or [lab.name for lab in labs.catalogue()]
     with open_broker(args.broker) as broker:
         start = statistics.median(bare_worker(broker.url, broker.backend_url) for _ in range(3))
@@ -143,6 +166,9 @@ def main() -> None:
             (grade(name, args.broker, args.serial) for _ in range(args.runs)), key=lambda r: r["total"]
         )
         run = runs[len(runs) // 2]
+        for each in runs:
+            for test, seconds in each["durations"].items():
+                measured.setdefault(test, []).append(seconds)
         floor = run["broker"] + start + run["waited"]
         ratio = run["total"] / floor
         ratios.append(ratio)
@@ -151,6 +177,8 @@ def main() -> None:
             f"{run['scenario']} ({run['waited']:.2f} s; {run['rules']})",
             flush=True,
         )
+    if args.save_durations:
+        save_durations(measured)
     median, worst = statistics.median(ratios), max(ratios)
     verdict = "met" if median <= MEDIAN_TARGET and worst <= MAX_TARGET else "NOT met"
     print(

@@ -132,6 +132,36 @@ class Namespace:
             except conn.channel_errors:
                 return 0
 
+    def waiting(self) -> dict[str, int]:
+        """Messages the broker still holds for this namespace, by queue, only those with any: waiting in a
+        queue, or (Redis) delivered but unacknowledged, which kombu restores after the visibility timeout
+        (shown as ``unacked``). RabbitMQ returns a dead consumer's unacked messages to their queue."""
+        if self.broker.is_redis:
+            client = redis.Redis.from_url(self.broker.url, socket_timeout=2)
+            with contextlib.closing(client):
+                prefix = f"{self.name}:"
+                keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+                pipe = client.pipeline()
+                for key in keys:
+                    pipe.type(key)
+                kinds = pipe.execute()
+                sizes = {}
+                for key, kind in zip(keys, kinds, strict=True):
+                    name = key.decode(errors="replace").removeprefix(prefix)
+                    if kind == b"list":
+                        sizes[name] = client.llen(key)
+                    elif kind == b"hash" and name == "unacked":
+                        sizes[name] = client.hlen(key)
+                return {name: n for name, n in sizes.items() if n}
+        counts = {}
+        with self.app("depth").connection_for_write() as conn:
+            for queue in sorted(self._queues):
+                try:
+                    counts[queue] = conn.channel().queue_declare(queue, passive=True).message_count
+                except conn.channel_errors:  # never declared: nothing waits there
+                    continue
+        return {name: n for name, n in counts.items() if n}
+
     def app(self, main: str = "celerylab") -> Celery:
         """A bare app on this namespace: for sending by task name, remote control and events."""
         app = Celery(main, set_as_current=False)

@@ -193,17 +193,21 @@ class Recorder:
         """Send marker events until one comes back: then nothing a worker sends can be missed."""
         token = uuidlib.uuid4().hex
         deadline = time.monotonic() + timeout
+        interval = 0.01  # the first marker usually goes before the subscription: resend soon, then less often
         with self.app.connection_for_write() as conn:
             dispatcher = self.app.events.Dispatcher(conn, buffer_while_offline=False)
             while True:
                 with contextlib.suppress(*conn.connection_errors):  # a failed send is tried again below
                     dispatcher.send(MARK, token=token)
                 try:
-                    self.wait_for(lambda evs: any(e.get("token") == token for e in evs), 0.2, "listening")
+                    self.wait_for(
+                        lambda evs: any(e.get("token") == token for e in evs), interval, "listening"
+                    )
                     return
                 except DeadlineExceeded:
                     if self._error is not None or time.monotonic() > deadline:
                         raise
+                interval = min(0.2, interval * 2)
 
     def _on_event(self, raw: dict[str, Any]) -> None:
         event = Event(

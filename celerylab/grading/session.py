@@ -317,6 +317,35 @@ class LabSession:
                 parts.append(f"--- {proc.log_path} ---\n{tail}")
         return "\n".join(parts)
 
+    def leftovers(self) -> list[str]:
+        """What the tests so far left that a later test could see, in words; ``[]`` when the session is as
+        a fresh one would be, apart from idle workers: every task seen has ended, no message waits on the
+        broker or sits unacknowledged, every live worker answers and holds no task, and no beat or proxy
+        is left. Workers' own state (a module global of the learner's) is what a test may still meet, as
+        in a serial grade; a shard keeps a clean session for its next group of tests, a dirty one is closed
+        (celerylab.grading.shards)."""
+        left = []
+        timeline = self.recorder.timeline(since_now=False)
+        unfinished = [u for u in timeline.task_ids() if timeline.state(u) not in FINAL]
+        if unfinished:
+            left.append(f"{len(unfinished)} task(s) not finished")
+        if self.proxies:
+            left.append("workers behind a proxy")
+        for proc in self._started:
+            if not proc.alive:
+                continue
+            if not isinstance(proc, Worker):
+                left.append(f"a live {proc.kind}")
+            elif not _answers(proc) or proc.busy():
+                left.append(f"worker {proc.name} busy or not answering")
+        try:
+            waiting = self.ns.waiting()
+        except Exception as exc:  # a broker that cannot say: assume the worst
+            waiting = {f"(could not tell: {exc!r})": 1}
+        if waiting:
+            left.append("messages on the broker: " + ", ".join(f"{q}: {n}" for q, n in waiting.items()))
+        return left
+
     def close(self) -> None:
         for proc in self._started:
             proc.stop()

@@ -91,10 +91,33 @@ def plan(items: Sequence[pytest.Item], weight: Callable[[pytest.Item], float]) -
     A group is one module's tests that share a ``together`` name, or a single test."""
     groups: dict[tuple[str, str], list[int]] = {}
     for index, item in enumerate(items):
-        mark = item.get_closest_marker("together")
-        key = (str(item.fspath), mark.args[0] if mark else f"#{index}")
-        groups.setdefault(key, []).append(index)
+        groups.setdefault(_group_key(item, index), []).append(index)
     return sorted(groups.values(), key=lambda g: (-sum(weight(items[i]) for i in g), g[0]))
+
+
+def group_ends(items: Sequence[pytest.Item]) -> set[str]:
+    """The node ids of the tests that end their group (its last in collection order): where a grade may
+    ask whether the session is still clean enough for the next group."""
+    last: dict[tuple[str, str], str] = {}
+    for index, item in enumerate(items):
+        last[_group_key(item, index)] = item.nodeid
+    return set(last.values())
+
+
+def _group_key(item: pytest.Item, index: int) -> tuple[str, str]:
+    mark = item.get_closest_marker("together")
+    return (str(item.fspath), mark.args[0] if mark else f"#{index}")
+
+
+class SessionOnly:
+    """Stands for "the next test is in another module" in ``SetupState.teardown_exact``: every fixture but
+    the session-scoped ones is torn down (the broker stays open)."""
+
+    def __init__(self, session: pytest.Session) -> None:
+        self.session = session
+
+    def listchain(self) -> list[pytest.Session]:
+        return [self.session]
 
 
 class Runner:
@@ -336,14 +359,19 @@ class _Shard:
         code = 0
         try:
             self._become_shard()
+            items = self.runner.items
+            setup = self.runner.session._setupstate
             group = list(self.shard.items)  # its first group; the parent hands out the rest as it goes
             while group:
+                setup.teardown_exact(items[group[0]])  # what the new group does not share (another module's)
                 for n, index in enumerate(group):
-                    # No next item after a group's last test: every fixture is torn down, so the next group
-                    # starts on a session of its own (namespace, workers, stub), whatever this one left.
-                    nextitem = self.runner.items[group[n + 1]] if n + 1 < len(group) else None
-                    self.config.hook.pytest_runtest_protocol(item=self.runner.items[index], nextitem=nextitem)
+                    # After a group's last test its module's fixtures stay for the next group, which may be
+                    # of the same module; the plugin tears them down if the tests left the session dirty
+                    # (celerylab.grading.plugin.pytest_runtest_teardown).
+                    nextitem = items[group[n + 1]] if n + 1 < len(group) else self._keeper(index)
+                    self.config.hook.pytest_runtest_protocol(item=items[index], nextitem=nextitem)
                 group = self.runner.next_group()
+            setup.teardown_exact(None)
         except KeyboardInterrupt:
             code = 130
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # one Ctrl-C is enough: let the teardown finish
@@ -361,6 +389,16 @@ class _Shard:
             with contextlib.suppress(BaseException):
                 processes.kill_all()
             os._exit(code)
+
+    def _keeper(self, index: int) -> pytest.Item | SessionOnly:
+        """The next item to name after a group's last test, not knowing the next group yet: another test of
+        its module, so that pytest keeps the module's fixtures (its lab session); a module of one test
+        keeps only the session's."""
+        item = self.runner.items[index]
+        for other in self.runner.items:
+            if other is not item and other.fspath == item.fspath:
+                return other
+        return SessionOnly(self.runner.session)
 
     def _become_shard(self) -> None:
         """Forget what is the parent's (its children, terminal, captured output); die with the parent."""

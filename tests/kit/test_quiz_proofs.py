@@ -84,9 +84,12 @@ def test_text_on_5xx_is_success(run, tasks, claim, http_stub):
 def test_retry_gives_up_with_original_exception(run, tasks, claim):
     result = tasks.flaky.delay()
     run.wait(result)
-    assert len(run.timeline.attempts(result.id)) == 3
-    assert result.state == "FAILURE" and isinstance(result.result, ValueError)
-    assert str(result.result) == "still down"
+    # Judged from the worker's events, not the result backend: with a zero retry delay and two pool processes,
+    # the third run can store FAILURE before the second run's process has stored its RETRY, which then
+    # overwrites it (CI saw the backend end as RETRY). The events give each run's own outcome.
+    attempts = run.timeline.attempts(result.id)
+    assert [a.outcome for a in attempts] == ["retry", "retry", "failure"]
+    assert "ValueError" in attempts[-1].exception and "still down" in attempts[-1].exception
     assert "3 runs" in claim("retries-004") and "ValueError" in claim("retries-004")
 
 

@@ -87,3 +87,63 @@ def test_serial_and_selected_grades_still_work(tmp_path, home, no_orphans, optio
     report = json.loads((tmp_path / "first_task.json").read_text())
     assert done.returncode == 0, done.stdout[-3000:]
     assert len(report["tests"]) == (9 if option == "--serial" else 2)
+
+
+SESSIONS = """
+import os
+
+import pytest
+
+
+def note(lab, what):
+    with open(os.environ["SESSIONS_LOG"], "a") as log:
+        log.write(f"{what} {lab.session.ns.name}\\n")
+
+
+@pytest.mark.deadline(40)
+def test_x_first_leaves_nothing(lab):
+    lab.worker("w1")
+    lab.wait(lab.send("add", 1, 2))
+    note(lab, "first")
+
+
+@pytest.mark.deadline(30)
+def test_x_second_leaves_a_message_nobody_takes(lab):
+    lab.send("add", 1, 2, queue=lab.ns.queue_name("nobody"))
+    note(lab, "second")
+
+
+@pytest.mark.deadline(20)
+def test_x_third(lab):
+    note(lab, "third")
+"""
+
+
+@pytest.mark.parametrize("mode", ["serial", "one shard"])
+def test_a_group_that_leaves_work_behind_ends_its_session_a_clean_one_shares_it(tmp_path, home, mode):
+    """Three tests in a row (one shard, or serial: longest deadline first): the first leaves nothing, so the
+    second runs on its session; the second leaves a message on the broker, so the third gets a fresh one."""
+    hidden = tmp_path / "hidden"
+    hidden.mkdir()
+    (hidden / "test_first_task__sessions.py").write_text(SESSIONS)
+    log = tmp_path / "sessions.log"
+    env = {"SESSIONS_LOG": str(log), **({shards.SERIAL_ENV: "1"} if mode == "serial" else {})}
+    env["CELERYLAB_SHARDS"] = "1"
+    done = run_celerylab(
+        "grade",
+        "first_task",
+        "--solutions",
+        "--extra-tests",
+        str(hidden),
+        "-k",
+        "test_x_",
+        "--report-dir",
+        str(tmp_path),
+        env=env,
+    )
+    assert done.returncode == 0, done.stdout[-3000:]
+    sessions = dict(line.split() for line in log.read_text().splitlines())
+    assert list(sessions) == ["first", "second", "third"]
+    assert sessions["first"] == sessions["second"] != sessions["third"]
+    report = json.loads((tmp_path / "first_task.json").read_text())
+    assert report["phases"]["sessions"] == 2
