@@ -5,16 +5,19 @@ use the CPU, so a grade that runs them side by side costs about its longest scen
 
 A shard is a fork of the pytest process taken after collection, so it pays no interpreter start and no
 collection; the broker is opened once, by the parent, and every lab's import probe runs once, in the parent,
-while the shards set up. At most ``$CELERYLAB_SHARDS`` (3) run at once, and each takes the heaviest group of
-tests left whenever it is free (by their deadlines), so the longest scenarios start first and the short ones
-fill in around them. Every group starts on a session of its own: what one test leaves behind (a backlog of
-tasks, a busy worker) can never reach another, whichever ran first.
+while the shards set up. At most ``$CELERYLAB_SHARDS`` (3) run at once, and each takes the longest group of
+tests left whenever it is free (by tests/labs/durations.json, measured on the solutions; a test not in it by
+a tenth of its deadline), so the longest scenarios start first and the short ones fill in around them.
 
-A session (namespace, event recorder, workers, HTTP stub, database) is never shared across groups, so no test
-can see another group's tasks, and a verdict cannot depend on which tests overlapped. A shard runs its
-tests with pytest's own protocol (fixtures, pytest-timeout's backstop, the grade report's hooks) and sends
-every report to the parent, which replays them in collection order: the progress line, ``-v``, the score
-table and the JSON report read as in a serial run.
+A shard keeps its lab session (namespace, event recorder, workers, HTTP stub, database) from one group to
+the next only while the groups leave it clean: every task seen has ended, nothing waits on the broker, no
+worker holds a task, no beat or proxy is left (``LabSession.leftovers``, asked by the plugin after each
+group's last test). Otherwise the group's fixtures are torn down there and the next group starts on a fresh
+session, so what one test leaves behind (a backlog of tasks, a busy worker) never reaches another, whichever
+ran first; a serial grade decides the same way. A shard runs its tests with pytest's own protocol (fixtures,
+pytest-timeout's backstop, the grade report's hooks) and sends every report to the parent, which replays
+them in collection order: the progress line, ``-v``, the score table and the JSON report read as in a serial
+run.
 
 Markers (a lab author writes a test as usual, plus at most one of these):
 
