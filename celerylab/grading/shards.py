@@ -430,8 +430,10 @@ class _Shard:
         for other in self.runner.servers:  # copies of the other owners' sockets: theirs, not ours
             if other is not mine:
                 other._channel.sock.close()
-        if mine is not None and mine.alive:
-            forkserver.install(mine.hand_over())  # the zygote the grade launched as it began
+        # The zygote the grade launched as it began; asked whether it lives only once it is ours (it is not
+        # this process's child: a Popen's poll() from here would call it gone).
+        if mine is not None and mine.hand_over().alive:
+            forkserver.install(mine)
         else:
             serve_workers_from_here()
 
