@@ -147,3 +147,45 @@ def test_a_group_that_leaves_work_behind_ends_its_session_a_clean_one_shares_it(
     assert sessions["first"] == sessions["second"] != sessions["third"]
     report = json.loads((tmp_path / "first_task.json").read_text())
     assert report["phases"]["sessions"] == 2
+
+
+ZYGOTE = """
+import os
+from pathlib import Path
+
+import pytest
+
+
+@pytest.mark.parametrize("n", range(3))
+def test_z_worker(lab, n):
+    worker = lab.start_worker(f"z{n}")
+    parent = Path(f"/proc/{worker.pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
+    with open(os.environ["ZYGOTE_LOG"], "a") as log:
+        log.write(f"{os.getpid()} {parent}\\n")
+"""
+
+
+def test_every_shard_forks_its_workers_from_the_zygote_the_grade_launched(tmp_path, home, no_orphans):
+    """Three tests, one per shard: each shard's worker is a child of the one zygote launched as the grade
+    began (not of a zygote each shard forks for itself, which costs every shard its own start)."""
+    hidden = tmp_path / "hidden"
+    hidden.mkdir()
+    (hidden / "test_first_task__zygote.py").write_text(ZYGOTE)
+    log = tmp_path / "zygote.log"
+    done = run_celerylab(
+        "grade",
+        "first_task",
+        "--solutions",
+        "--extra-tests",
+        str(hidden),
+        "-k",
+        "test_z_",
+        "--report-dir",
+        str(tmp_path),
+        env={"ZYGOTE_LOG": str(log), "CELERYLAB_SHARDS": "3"},
+    )
+    assert done.returncode == 0, done.stdout[-3000:]
+    rows = [line.split() for line in log.read_text().splitlines()]
+    shard_pids, parents = {row[0] for row in rows}, {row[1] for row in rows}
+    assert len(rows) == 3 and len(shard_pids) == 3, rows
+    assert len(parents) == 1 and not parents & shard_pids, rows
