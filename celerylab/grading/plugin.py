@@ -271,6 +271,8 @@ def pytest_runtestloop(session: pytest.Session) -> bool | None:
             _result_of,
             _take_result,
             probe_every_lab,
+            phases_of=_phases_of,
+            take_phases=_take_phases,
             servers=servers[:-1],  # the last is this process's own
         )
         shared["probes"] = lambda module: runner.received()[module]
@@ -325,6 +327,18 @@ def _result_of(config: pytest.Config, nodeid: str) -> dict[str, Any] | None:
                     "shard": shard,
                 }
     return None
+
+
+def _phases_of(config: pytest.Config) -> dict[str, Any]:
+    """In a shard, at its end: every lab's phases, with its sessions' teardowns now counted."""
+    shard = config.stash.get(_SHARED, {}).get("shard")
+    return {"shard": shard, "labs": {lab: dict(r.phases) for lab, r in config.stash[_REPORTS].items()}}
+
+
+def _take_phases(payload: dict[str, Any]) -> None:
+    config = _CONFIG["config"]
+    for lab, phases in payload["labs"].items():
+        config.stash[_SHARED]["phases"][(lab, payload["shard"])] = phases
 
 
 def _take_result(item: pytest.Item, payload: dict[str, Any] | None, message: str) -> None:

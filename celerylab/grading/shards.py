@@ -135,6 +135,8 @@ class Runner:
         result_of: Callable[[pytest.Config, str], dict | None],
         take_result: Callable[[pytest.Item, dict | None, str], None],
         after_fork: Callable[[], Any] = lambda: None,
+        phases_of: Callable[[pytest.Config], Any] = lambda _config: None,
+        take_phases: Callable[[Any], None] = lambda _phases: None,
         limit: int = MAX_SHARDS,
         servers: Sequence[forkserver.ForkServer] = (),
     ) -> None:
@@ -145,6 +147,8 @@ class Runner:
         self.parent_runs = parent_runs  # exclusive tests: run here, once every shard has ended
         self.on_fork, self.result_of, self.take_result = on_fork, result_of, take_result
         self.after_fork = after_fork  # run by the parent while the shards set up; its result goes to each
+        # A shard's last word, once its last fixtures are gone (the time its sessions took to close)
+        self.phases_of, self.take_phases = phases_of, take_phases
         self.servers = list(servers)  # a zygote's sockets, one per shard (by number), launched beforehand
         self._down = -1  # in a shard: where the parent's frames arrive (the payload, then its next groups)
         self._frames: dict[str, list[Any]] = {}
@@ -257,6 +261,9 @@ class Runner:
         kind, index = message[0], message[1]
         if kind == "interrupted":
             raise KeyboardInterrupt
+        if kind == "phases":
+            self.take_phases(message[2])
+            return
         if kind == "next":  # the shard finished a group: hand it the next one
             group = self.queue.pop(0) if self.queue else []
             shard.items.extend(group)
@@ -375,6 +382,7 @@ class _Shard:
                     self.config.hook.pytest_runtest_protocol(item=items[index], nextitem=nextitem)
                 group = self.runner.next_group()
             setup.teardown_exact(None)
+            self.send(("phases", -1, self.runner.phases_of(self.config)))
         except KeyboardInterrupt:
             code = 130
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # one Ctrl-C is enough: let the teardown finish
