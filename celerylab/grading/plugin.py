@@ -287,9 +287,10 @@ def pytest_runtestloop(session: pytest.Session) -> bool | None:
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
     """After the last test of a group, when the next one would share this module's lab session: keep it only
-    if the group left it clean (LabSession.leftovers); else its fixtures go now and the next test starts
-    on a fresh session, so what one group leaves behind (a backlog, a busy worker, a beat) never reaches
-    another. Serial and side-by-side grades decide alike."""
+    if the group left it clean (LabSession.leftovers), and even then with fresh workers; else its fixtures
+    go now and the next test starts on a fresh session. So what one group leaves behind (a backlog, a busy
+    worker, a pool process's history, a beat) never reaches another, whichever ran first. Serial and
+    side-by-side grades decide alike."""
     if nextitem is None or not _is_graded(item) or getattr(nextitem, "fspath", None) != item.fspath:
         return
     if item.nodeid not in _group_ends(item.session):
@@ -303,6 +304,8 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
         left = [repr(exc)]
     if left:
         item.session._setupstate.teardown_exact(shards.SessionOnly(item.session))
+    else:
+        session.retire_workers()
 
 
 _ENDS = pytest.StashKey[set[str]]()

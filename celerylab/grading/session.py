@@ -112,6 +112,7 @@ class LabSession:
         self.app = self.ns.app("grader")
         self.recorder = Recorder(self.ns.app("recorder")).start()
         self._reused: dict[str, Worker] = {}
+        self._owned: list[Worker] = []  # started for a test or a fixture (start_worker, a fleet): theirs
         self._started: list[Worker | Beat] = []
         self.proxies: dict[str, Proxy] = {}  # worker name -> the proxy between it and the broker
         self.worker_start_seconds = 0.0
@@ -246,10 +247,11 @@ class LabSession:
         )
         kept = set(reuse)
         self._reused.update({worker.name: worker for worker in workers if worker.name in kept})
+        self._owned.extend(worker for worker in workers if worker.name not in kept)
         return {worker.name: worker for worker in workers}
 
     def _start_workers(self, names: Sequence[str], options: dict[str, Any]) -> list[Worker]:
-        return list(self.start_fleet({n: options for n in names}).values())
+        return list(self.start_fleet({n: options for n in names}, reuse=names).values())
 
     def _launch(self, workers: list[Worker]) -> list[Worker]:
         """Spawn every worker first, then wait for each: n start-ups cost about one."""
@@ -318,12 +320,12 @@ class LabSession:
         return "\n".join(parts)
 
     def leftovers(self) -> list[str]:
-        """What the tests so far left that a later test could see, in words; ``[]`` when the session is as
-        a fresh one would be, apart from idle workers: every task seen has ended, no message waits on the
-        broker or sits unacknowledged, every live worker answers and holds no task, and no beat or proxy
-        is left. Workers' own state (a module global of the learner's) is what a test may still meet, as
-        in a serial grade; a shard keeps a clean session for its next group of tests, a dirty one is closed
-        (celerylab.grading.shards)."""
+        """What the tests so far left that a later test could see, in words; ``[]`` when, once its
+        workers are retired (:meth:`retire_workers`), the session is as a fresh one would be: every task
+        seen has ended, no message waits on the broker or sits unacknowledged, the reused workers
+        (:meth:`worker`) answer and hold no task, and no test or fixture started workers, a beat or a proxy
+        of its own (a module fixture may hold them). A shard keeps a clean session for its next group of
+        tests and closes a dirty one (celerylab.grading.shards); a serial grade does the same."""
         left = []
         timeline = self.recorder.timeline(since_now=False)
         unfinished = [u for u in timeline.task_ids() if timeline.state(u) not in FINAL]
@@ -331,6 +333,8 @@ class LabSession:
             left.append(f"{len(unfinished)} task(s) not finished")
         if self.proxies:
             left.append("workers behind a proxy")
+        if self._owned:
+            left.append("workers a test or fixture started: " + ", ".join(w.name for w in self._owned))
         for proc in self._started:
             if not proc.alive:
                 continue
@@ -346,11 +350,20 @@ class LabSession:
             left.append("messages on the broker: " + ", ".join(f"{q}: {n}" for q, n in waiting.items()))
         return left
 
+    def retire_workers(self) -> None:
+        """Stop the reused workers: the next group of tests starts its own, so no pool process's history
+        (tasks run, a rate limit's tokens, memory) depends on which tests ran before."""
+        for worker in self._reused.values():
+            worker.stop()
+        self._started = [proc for proc in self._started if proc not in self._reused.values()]
+        self._reused.clear()
+
     def close(self) -> None:
         for proc in self._started:
             proc.stop()
         self._started.clear()
         self._reused.clear()
+        self._owned.clear()
         for proxy in self.proxies.values():
             proxy.close()
         self.proxies.clear()

@@ -97,7 +97,7 @@ import pytest
 
 def note(lab, what):
     with open(os.environ["SESSIONS_LOG"], "a") as log:
-        log.write(f"{what} {lab.session.ns.name}\\n")
+        log.write(f"{what} {lab.session.ns.name} {lab.worker('w1').pid}\\n")
 
 
 @pytest.mark.deadline(40)
@@ -122,7 +122,8 @@ def test_x_third(lab):
 @pytest.mark.parametrize("mode", ["serial", "one shard"])
 def test_a_group_that_leaves_work_behind_ends_its_session_a_clean_one_shares_it(tmp_path, home, mode):
     """Three tests in a row (one shard, or serial: longest deadline first): the first leaves nothing, so the
-    second runs on its session; the second leaves a message on the broker, so the third gets a fresh one."""
+    second runs on its session, with a worker of its own; the second leaves a message on the broker, so the
+    third gets a fresh session."""
     hidden = tmp_path / "hidden"
     hidden.mkdir()
     (hidden / "test_first_task__sessions.py").write_text(SESSIONS)
@@ -142,9 +143,11 @@ def test_a_group_that_leaves_work_behind_ends_its_session_a_clean_one_shares_it(
         env=env,
     )
     assert done.returncode == 0, done.stdout[-3000:]
-    sessions = dict(line.split() for line in log.read_text().splitlines())
-    assert list(sessions) == ["first", "second", "third"]
-    assert sessions["first"] == sessions["second"] != sessions["third"]
+    rows = {line.split()[0]: line.split()[1:] for line in log.read_text().splitlines()}
+    assert list(rows) == ["first", "second", "third"]
+    (first, first_worker), (second, second_worker), (third, _) = rows.values()
+    assert first == second != third
+    assert first_worker != second_worker  # the session, not the worker: no pool process's history is shared
     report = json.loads((tmp_path / "first_task.json").read_text())
     assert report["phases"]["sessions"] == 2
 
