@@ -173,6 +173,7 @@ class Runner:
             raise
         self._replay()
         if self.parent_runs:
+            self._received, self._has_received = self._payload, True  # what received() gives a test here
             self.on_fork(len(self.shards))  # the main process is the last shard (its own log folder)
             serve_workers_from_here()
         for index in sorted(self.parent_runs):

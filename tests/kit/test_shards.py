@@ -192,3 +192,42 @@ def test_every_shard_forks_its_workers_from_the_zygote_the_grade_launched(tmp_pa
     shard_pids, parents = {row[0] for row in rows}, {row[1] for row in rows}
     assert len(rows) == 3 and len(shard_pids) == 3, rows
     assert len(parents) == 1 and not parents & shard_pids, rows
+
+
+EXCLUSIVE = """
+import pytest
+
+
+def test_e_beside(lab):
+    lab.worker("w1")
+    assert lab.result(lab.send("add", 2, 3)) == 5
+
+
+@pytest.mark.exclusive
+def test_e_alone(lab):
+    lab.worker("w1")
+    assert lab.result(lab.send("add", 2, 3)) == 5
+"""
+
+
+def test_an_exclusive_test_runs_in_the_main_process_with_the_probes_verdict(tmp_path, home, no_orphans):
+    """On the embedded broker an exclusive test runs after the shards, in the main process: its session
+    takes the import probe's verdict from there (it once read a pipe only shards have)."""
+    hidden = tmp_path / "hidden"
+    hidden.mkdir()
+    (hidden / "test_first_task__exclusive.py").write_text(EXCLUSIVE)
+    done = run_celerylab(
+        "grade",
+        "first_task",
+        "--solutions",
+        "--extra-tests",
+        str(hidden),
+        "-k",
+        "test_e_",
+        "--broker",
+        "embedded",
+        "--report-dir",
+        str(tmp_path),
+    )
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert "Score: 2/2" in done.stdout
