@@ -81,16 +81,32 @@ def backend_state(result: AsyncResult) -> str:
         return f"(unreadable: {type(exc).__name__})"
 
 
+W1 = {"concurrency": 2}  # `w1`, the default queue's worker: lab.worker("w1", **W1)
+
+
+class Fleet:
+    """The grade's own workers by name, each on its own queue so that none takes another's tasks, each
+    started the first time a test asks for it: a group of tests starts only those it uses."""
+
+    def __init__(self, session: LabSession, specs: dict[str, dict[str, Any]]) -> None:
+        self.session, self.specs = session, specs
+        self.started: dict[str, Any] = {}
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self.started:
+            self.started[name] = self.session.start_fleet({name: self.specs[name]})[name]
+        return self.started[name]
+
+
 @pytest.fixture(scope="module")
-def fleet(lab_session: LabSession) -> dict[str, Any]:
-    """Every worker the grade needs, started side by side (one start-up instead of five), each on its own
-    queue so that none takes another's tasks: `deploy` (the cold shutdown), `recycler` (one pool process,
-    upkeep every 0.25 s instead of Celery's 5 s, so a replacement starts at once), `w1` (the default
-    queue), `w2` (for the liveness probe) and `successor` (takes over the default queue after w1's warm
-    shutdown)."""
+def fleet(lab_session: LabSession) -> Fleet:
+    """`deploy` (the cold shutdown), `recycler` (one pool process, upkeep every 0.25 s instead of Celery's
+    5 s, so a replacement starts at once), `w2` (for the liveness probe) and `successor` (takes over the
+    default queue after w1's warm shutdown); `w1` is the session's reused worker (W1)."""
     ns = lab_session.ns
     spare = ns.queue_name("spare")  # nothing is ever sent there
-    return lab_session.start_fleet(
+    return Fleet(
+        lab_session,
         {
             "deploy": {"concurrency": 3, "queues": [ns.queue_name("deploy")]},
             "recycler": {
@@ -98,11 +114,9 @@ def fleet(lab_session: LabSession) -> dict[str, Any]:
                 "queues": [ns.queue_name("recycle")],
                 "settings": {runtime.POOL_MAINTENANCE: 0.25},
             },
-            "w1": {"concurrency": 2},
             "w2": {"concurrency": 1, "queues": [spare]},
             "successor": {"concurrency": 2, "queues": [spare]},
         },
-        reuse=["w1"],
     )
 
 
@@ -236,7 +250,7 @@ def imported(lab_session: LabSession, http_stub, fleet):
         return 200, {"ok": True}
 
     url = http_stub.handle("/rows", report)
-    run.worker("w1")
+    run.worker("w1", **W1)
     result = run.send("import_rows", "b-1", ROWS, url)
     with contextlib.suppress(LabFailure):  # judged by the tests, with what was seen
         run.wait(result, 15.0)
@@ -403,7 +417,7 @@ def test_pool_process_replaced_past_the_memory_limit(lab, recycler):
 @pytest.mark.rules("liveness-own-node")
 def test_liveness_probe_asks_its_own_node(lab, fleet):
     """is_alive(hostname): True for a worker that answers, False for a hung one while others answer"""
-    up, hung = lab.worker("w1"), fleet["w2"]
+    up, hung = lab.worker("w1", **W1), fleet["w2"]
     module = lab.module()
 
     def probe(host: str, timeout: float) -> tuple[Any, float]:
@@ -461,7 +475,7 @@ def test_liveness_probe_asks_its_own_node(lab, fleet):
 @pytest.mark.rules("results-unchanged")
 def test_warm_shutdown_finishes_running_tasks(lab, http_stub, fleet):
     """SIGTERM: running tasks finish with their results, a task sent after is left for the next worker"""
-    worker = lab.worker("w1")
+    worker = lab.worker("w1", **W1)
     url = http_stub.script("/rows-none", [200])
     running = {
         "transcode": lab.send("transcode", "v-2", QUICK),
