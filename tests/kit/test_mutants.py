@@ -23,5 +23,5 @@ def test_every_mutant_is_caught_where_its_rule_is_judged_and_every_variant_gets_
     broker, home, no_orphans
 ):
     only = [option for kind in KINDS[broker] for option in ("--only", kind)]
-    done = run_celerylab("check", *only, "--broker", broker, "--jobs", "2", timeout=3600)
+    done = run_celerylab("check", *only, "--broker", broker, "--jobs", "3", timeout=3600)
     assert done.returncode == 0, done.stdout[-8000:] + done.stderr[-2000:]
