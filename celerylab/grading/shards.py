@@ -246,7 +246,8 @@ class Runner:
                 os.close(fd)
                 with contextlib.suppress(OSError):
                     os.close(shard.down)
-                shard.down = -1
+                # Forgotten too: a spare's new pipe may get the same numbers, which it must not close
+                shard.fd = shard.down = -1
                 _, status = os.waitpid(shard.pid, 0)
                 shard.exit_code = os.waitstatus_to_exitcode(status)
                 self._lost(shard)

@@ -60,8 +60,13 @@ def test_a_side_by_side_grade_reads_as_a_serial_one(tmp_path, home, no_orphans):
     ]
 
 
-def test_a_shard_that_dies_gives_its_test_a_verdict_and_the_grade_goes_on(tmp_path, home, no_orphans):
-    """The learner's status() ends the grader's own process (it runs there, on the grader's side)."""
+@pytest.mark.parametrize("shards_at_once", ["1", "3"])
+def test_a_shard_that_dies_gives_its_test_a_verdict_and_the_grade_goes_on(
+    tmp_path, home, no_orphans, shards_at_once
+):
+    """The learner's status() ends the grader's own process (it runs there, on the grader's side); a spare
+    shard takes the tests left (with one shard at a time, always: its pipe once reused a number of the dead
+    shard's, which it closed, and its tests ended with exit code 70)."""
     source = (ROOT / "solutions" / "first_task" / "tasks.py").read_text()
     source = source.replace(
         "def status(task_id: str) -> dict[str, Any]:\n",
@@ -70,13 +75,15 @@ def test_a_shard_that_dies_gives_its_test_a_verdict_and_the_grade_goes_on(tmp_pa
     submission = tmp_path / "first_task"
     submission.mkdir()
     (submission / "tasks.py").write_text(source)
-    done, report = grade("first_task", submission, tmp_path)
+    done, report = grade("first_task", submission, tmp_path, env={"CELERYLAB_SHARDS": shards_at_once})
     assert done.returncode == 1, done.stdout[-3000:]
     verdicts = {t["id"].rsplit("::", 1)[-1]: t for t in report["tests"]}
     assert len(verdicts) == 9
     dead = verdicts.pop("test_status_reads_state_and_ready")
     assert dead["status"] == "fail" and "ended before it finished (exit code 7)" in dead["message"]
-    assert all(t["status"] == "pass" for t in verdicts.values()), [t["message"] for t in verdicts.values()]
+    assert all(t["status"] == "pass" for t in verdicts.values()), [
+        (t["id"], t["status"], t["message"]) for t in verdicts.values()
+    ]
     assert "Traceback" not in done.stdout
 
 
