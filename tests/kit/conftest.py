@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -108,20 +111,37 @@ def home(tmp_path, monkeypatch) -> Path:
     return tmp_path / "state"
 
 
+@contextlib.contextmanager
+def ctrl_c_as_in_a_terminal() -> Iterator[None]:
+    """Children started inside get Ctrl-C as from a terminal, even when this run ignores it (a
+    non-interactive shell's background job does, and a child inherits an ignored signal): a test's SIGINT
+    must reach them."""
+    ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    if ignored and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # exec resets a handled signal to default
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+    else:
+        yield
+
+
 def run_celerylab(
     *args: str, env: dict | None = None, timeout: float = 300, input: str | None = None
 ) -> subprocess.CompletedProcess:
     """Runs ``celerylab`` in a subprocess. If the wait ends early (its timeout, pytest-timeout, Ctrl-C), the
     child gets a Ctrl-C and time to stop its workers, so a test that fails leaves nothing behind either."""
-    child = subprocess.Popen(
-        [sys.executable, "-m", "celerylab.cli", *args],
-        stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, **(env or {})},
-    )
+    with ctrl_c_as_in_a_terminal():
+        child = subprocess.Popen(
+            [sys.executable, "-m", "celerylab.cli", *args],
+            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+        )
     try:
         stdout, stderr = child.communicate(input, timeout=timeout)
     except BaseException:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from celerylab.study import quizbank
 from celerylab.study.quizbank import Question
+from tests.kit.conftest import ctrl_c_as_in_a_terminal
 
 ROOT = Path(__file__).resolve().parents[2]
 SESSION = 10  # the session the planned run will be (1 + the largest "last")
@@ -89,7 +90,10 @@ class LiveProcess:
 
     def __init__(self, cmd: list[str], env: dict[str, str]) -> None:
         pipe = subprocess.PIPE
-        self.proc = subprocess.Popen(cmd, stdin=pipe, stdout=pipe, stderr=pipe, text=True, env=env, cwd=ROOT)
+        with ctrl_c_as_in_a_terminal():
+            self.proc = subprocess.Popen(
+                cmd, stdin=pipe, stdout=pipe, stderr=pipe, text=True, env=env, cwd=ROOT
+            )
         self.output = ""
         self.cond = threading.Condition()
         threading.Thread(target=self._pump, daemon=True).start()
