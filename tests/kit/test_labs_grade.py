@@ -47,7 +47,7 @@ KINDS = {
     "test_untouched_skeleton_scores_under_half_and_explains": "labs",
     "test_solution_gets_full_marks_on_every_broker": "solution",
 }
-SIDE_BY_SIDE = 2  # grades at a time: each is mostly waiting on Celery, and its tests already run in shards
+SIDE_BY_SIDE = 3  # grades at a time: each mostly waits on Celery (a skeleton, out its deadlines)
 
 
 @pytest.fixture(scope="module")
