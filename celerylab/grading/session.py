@@ -300,7 +300,10 @@ class LabSession:
         return beat
 
     def _log_path(self, name: str) -> Path:
-        """A fresh log per process: ``w1.log``, then ``w1-2.log`` for its replacement, and so on."""
+        """A fresh log per process: ``w1.log``, then ``w1-2.log`` for its replacement, and so on. The folder
+        is made again if it went: another grade of the same lab in the same home empties the lab's logs as
+        it begins, and a worker of this one must still start."""
+        self.logdir.mkdir(parents=True, exist_ok=True)
         path, n = self.logdir / f"{name}.log", 1
         while path.exists():
             n += 1

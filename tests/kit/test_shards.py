@@ -40,6 +40,27 @@ def grade(lab: str, target: Path | str, out: Path, *options: str, env: dict | No
     return done, json.loads((out / f"{lab}.json").read_text())
 
 
+def grade_hidden(tmp_path: Path, what: str, source: str, *options: str, env: dict | None = None):
+    """Grade the first_task solution with only the hidden tests ``source`` (``test_first_task__<what>.py``,
+    whose tests are named ``test_<what>...``): the kit's own scenarios, run as a grade runs a lab's."""
+    hidden = tmp_path / "hidden"
+    hidden.mkdir()
+    (hidden / f"test_first_task__{what}.py").write_text(source)
+    return run_celerylab(
+        "grade",
+        "first_task",
+        "--solutions",
+        "--extra-tests",
+        str(hidden),
+        "-k",
+        f"test_{what}",
+        "--report-dir",
+        str(tmp_path),
+        *options,
+        env=env,
+    )
+
+
 def test_a_side_by_side_grade_reads_as_a_serial_one(tmp_path, home, no_orphans):
     """The skeleton (verdicts of every kind) graded both ways: same tests, order, statuses and messages."""
     serial_done, serial = grade("first_task", "labs", tmp_path / "serial", env={shards.SERIAL_ENV: "1"})
@@ -108,47 +129,38 @@ def note(lab, what):
 
 
 @pytest.mark.deadline(40)
-def test_x_first_leaves_nothing(lab):
+def test_sessions_first_leaves_nothing(lab):
     lab.worker("w1")
     lab.wait(lab.send("add", 1, 2))
     note(lab, "first")
 
 
 @pytest.mark.deadline(30)
-def test_x_second_leaves_a_message_nobody_takes(lab):
+def test_sessions_second_leaves_a_message_nobody_takes(lab):
     lab.send("add", 1, 2, queue=lab.ns.queue_name("nobody"))
     note(lab, "second")
 
 
 @pytest.mark.deadline(20)
-def test_x_third(lab):
+def test_sessions_third(lab):
     note(lab, "third")
 """
 
 
 @pytest.mark.parametrize("mode", ["serial", "one shard"])
-def test_a_group_that_leaves_work_behind_ends_its_session_a_clean_one_shares_it(tmp_path, home, mode):
+def test_a_group_that_leaves_work_behind_ends_its_session_a_clean_one_shares_it(
+    tmp_path, home, no_orphans, mode
+):
     """Three tests in a row (one shard, or serial: longest deadline first): the first leaves nothing, so the
     second runs on its session, with a worker of its own; the second leaves a message on the broker, so the
     third gets a fresh session."""
-    hidden = tmp_path / "hidden"
-    hidden.mkdir()
-    (hidden / "test_first_task__sessions.py").write_text(SESSIONS)
     log = tmp_path / "sessions.log"
-    env = {"SESSIONS_LOG": str(log), **({shards.SERIAL_ENV: "1"} if mode == "serial" else {})}
-    env["CELERYLAB_SHARDS"] = "1"
-    done = run_celerylab(
-        "grade",
-        "first_task",
-        "--solutions",
-        "--extra-tests",
-        str(hidden),
-        "-k",
-        "test_x_",
-        "--report-dir",
-        str(tmp_path),
-        env=env,
-    )
+    env = {
+        "SESSIONS_LOG": str(log),
+        "CELERYLAB_SHARDS": "1",
+        **({shards.SERIAL_ENV: "1"} if mode == "serial" else {}),
+    }
+    done = grade_hidden(tmp_path, "sessions", SESSIONS, env=env)
     assert done.returncode == 0, done.stdout[-3000:]
     rows = {line.split()[0]: line.split()[1:] for line in log.read_text().splitlines()}
     assert list(rows) == ["first", "second", "third"]
@@ -167,7 +179,7 @@ import pytest
 
 
 @pytest.mark.parametrize("n", range(3))
-def test_z_worker(lab, n):
+def test_zygote_worker(lab, n):
     worker = lab.start_worker(f"z{n}")
     parent = Path(f"/proc/{worker.pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
     with open(os.environ["ZYGOTE_LOG"], "a") as log:
@@ -178,22 +190,8 @@ def test_z_worker(lab, n):
 def test_every_shard_forks_its_workers_from_the_zygote_the_grade_launched(tmp_path, home, no_orphans):
     """Three tests, one per shard: each shard's worker is a child of the one zygote launched as the grade
     began (not of a zygote each shard forks for itself, which costs every shard its own start)."""
-    hidden = tmp_path / "hidden"
-    hidden.mkdir()
-    (hidden / "test_first_task__zygote.py").write_text(ZYGOTE)
     log = tmp_path / "zygote.log"
-    done = run_celerylab(
-        "grade",
-        "first_task",
-        "--solutions",
-        "--extra-tests",
-        str(hidden),
-        "-k",
-        "test_z_",
-        "--report-dir",
-        str(tmp_path),
-        env={"ZYGOTE_LOG": str(log), "CELERYLAB_SHARDS": "3"},
-    )
+    done = grade_hidden(tmp_path, "zygote", ZYGOTE, env={"ZYGOTE_LOG": str(log), "CELERYLAB_SHARDS": "3"})
     assert done.returncode == 0, done.stdout[-3000:]
     rows = [line.split() for line in log.read_text().splitlines()]
     shard_pids, parents = {row[0] for row in rows}, {row[1] for row in rows}
@@ -205,13 +203,13 @@ EXCLUSIVE = """
 import pytest
 
 
-def test_e_beside(lab):
+def test_exclusive_beside(lab):
     lab.worker("w1")
     assert lab.result(lab.send("add", 2, 3)) == 5
 
 
 @pytest.mark.exclusive
-def test_e_alone(lab):
+def test_exclusive_alone(lab):
     lab.worker("w1")
     assert lab.result(lab.send("add", 2, 3)) == 5
 """
@@ -220,21 +218,6 @@ def test_e_alone(lab):
 def test_an_exclusive_test_runs_in_the_main_process_with_the_probes_verdict(tmp_path, home, no_orphans):
     """On the embedded broker an exclusive test runs after the shards, in the main process: its session
     takes the import probe's verdict from there (it once read a pipe only shards have)."""
-    hidden = tmp_path / "hidden"
-    hidden.mkdir()
-    (hidden / "test_first_task__exclusive.py").write_text(EXCLUSIVE)
-    done = run_celerylab(
-        "grade",
-        "first_task",
-        "--solutions",
-        "--extra-tests",
-        str(hidden),
-        "-k",
-        "test_e_",
-        "--broker",
-        "embedded",
-        "--report-dir",
-        str(tmp_path),
-    )
+    done = grade_hidden(tmp_path, "exclusive", EXCLUSIVE, "--broker", "embedded")
     assert done.returncode == 0, done.stdout[-3000:]
     assert "Score: 2/2" in done.stdout
