@@ -66,6 +66,7 @@ _TEMP = pytest.StashKey[list[str]]()
 _SERVERS = pytest.StashKey[
     list
 ]()  # a zygote launched for this grade: its owners' ends (celerylab.engine.forkserver)
+_EMPTIED = pytest.StashKey[set[str]]()  # labs whose log folder this grade emptied as it began
 _SHARED = pytest.StashKey[dict[str, Any]]()  # what the shards share: the broker, each lab's folder and probe
 
 
@@ -118,6 +119,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_BROKER] = {}
     config.stash[_INTERRUPTED] = False
     config.stash[_TEMP] = []
+    config.stash[_EMPTIED] = set()
 
 
 def _grades_a_lab(config: pytest.Config) -> bool:
@@ -411,6 +413,9 @@ def lab_session(request: pytest.FixtureRequest, celerylab_broker: Broker) -> Ite
     logdir = state_dir() / "logs" / name
     if "shard" in shared:  # each shard its own folder of worker logs (the parent emptied the lab's)
         logdir = logdir / f"shard-{shared['shard']}"
+    elif name not in request.config.stash[_EMPTIED]:  # a serial grade: emptied once, not per session
+        shutil.rmtree(logdir, ignore_errors=True)
+    request.config.stash[_EMPTIED].add(name)
     begun = time.monotonic()
     session = LabSession(
         name,

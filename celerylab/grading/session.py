@@ -101,8 +101,7 @@ class LabSession:
         self.ns = Namespace(broker, name)
         if "accept_content" in (lab.own_settings if lab else ()):  # the learner's worker may answer in pickle
             self.ns.accept = ["json", "pickle"]  # the kit's own apps only: their workers keep the learner's
-        self.logdir = logdir
-        shutil.rmtree(logdir, ignore_errors=True)
+        self.logdir = logdir  # not emptied here: a grade empties its logs once, as it begins (the plugin)
         logdir.mkdir(parents=True, exist_ok=True)
         processes.become_subreaper()  # what the learner's code starts and orphans still comes to us
         self._probe_result: dict[str, Any] | None = None

@@ -33,7 +33,7 @@ from celerylab.engine import processes
 from celerylab.grading import batch, farm, labs, sandbox
 from celerylab.grading.batch import Graded
 from celerylab.grading.results import GradeReport, TestResult
-from tests.kit.conftest import ROOT, run_celerylab, wait_until
+from tests.kit.conftest import ROOT, ctrl_c_as_in_a_terminal, run_celerylab, wait_until
 from tests.kit.test_batch import FULL, LAB, SOLUTION, hostile, make_class, read_gradebook
 
 REDIS = os.environ.get("CELERYLAB_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -109,15 +109,16 @@ class FarmRun:
     """``celerylab batch --farm`` in a subprocess, its output read line by line as it comes."""
 
     def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celerylab.cli", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            cwd=ROOT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "300"},
-        )
+        with ctrl_c_as_in_a_terminal():  # its Ctrl-C test needs SIGINT live, however this suite was started
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "celerylab.cli", *args],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                text=True,
+                cwd=ROOT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "300"},
+            )
         self.lines: list[str] = []
         self._changed = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)

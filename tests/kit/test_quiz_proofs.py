@@ -11,6 +11,7 @@ import inspect
 import json
 import re
 import secrets
+import shutil
 import time
 from pathlib import Path
 
@@ -36,7 +37,9 @@ BUDGET = 30.0  # seconds a proof may wait on the workers before it fails with wh
 
 @pytest.fixture(scope="module")
 def proofs(celerylab_broker):
-    session = LabSession("quiz-proofs", PROOFS, celerylab_broker, state_dir() / "logs" / "quiz-proofs")
+    logs = state_dir() / "logs" / "quiz-proofs"
+    shutil.rmtree(logs, ignore_errors=True)  # this run's logs only
+    session = LabSession("quiz-proofs", PROOFS, celerylab_broker, logs)
     try:
         yield session
     finally:
