@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 from celerylab.engine.brokers import open_broker  # noqa: E402
 from celerylab.grading import labs  # noqa: E402
-from celerylab.grading.plugin import DURATIONS  # noqa: E402
+from celerylab.grading.plugin import DURATIONS, measured_durations  # noqa: E402
 
 MEDIAN_TARGET, MAX_TARGET = 1.5, 2.0
 
@@ -126,10 +126,7 @@ def grade(lab: str, broker: str, serial: bool) -> dict:
 def save_durations(measured: dict[str, list[float]]) -> None:
     """Each test's median duration into tests/labs/durations.json, which orders a grade's tests (the
     longest start first); tests of labs not graded this time keep their figures."""
-    try:
-        durations = json.loads(DURATIONS.read_text())
-    except (OSError, ValueError):
-        durations = {}
+    durations = measured_durations()
     durations.update({test: round(statistics.median(seconds), 2) for test, seconds in measured.items()})
     DURATIONS.write_text(json.dumps(dict(sorted(durations.items())), indent=1) + "\n")
     print(f"wrote {len(measured)} tests' durations to {DURATIONS.relative_to(ROOT)}")

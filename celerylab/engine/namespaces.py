@@ -126,11 +126,7 @@ class Namespace:
             with contextlib.closing(client):
                 names = [queue] + [f"{queue}\x06\x16{pri}" for pri in (3, 6, 9)]  # kombu's priority lists
                 return sum(client.llen(f"{self.name}:{name}") for name in names)
-        with self.app("depth").connection_for_write() as conn:
-            try:
-                return conn.default_channel.queue_declare(queue, passive=True).message_count
-            except conn.channel_errors:
-                return 0
+        return self._amqp_depths([queue]).get(queue, 0)
 
     def waiting(self) -> dict[str, int]:
         """Messages the broker still holds for this namespace, by queue, only those with any: waiting in a
@@ -153,14 +149,19 @@ class Namespace:
                     elif kind == b"hash" and name == "unacked":
                         sizes[name] = client.hlen(key)
                 return {name: n for name, n in sizes.items() if n}
+        return {name: n for name, n in self._amqp_depths(sorted(self._queues)).items() if n}
+
+    def _amqp_depths(self, queues: list[str]) -> dict[str, int]:
+        """Messages ready in each queue, by a passive declare on one connection; a queue never declared is
+        left out (its failed declare closes only its own channel)."""
         counts = {}
         with self.app("depth").connection_for_write() as conn:
-            for queue in sorted(self._queues):
+            for queue in queues:
                 try:
                     counts[queue] = conn.channel().queue_declare(queue, passive=True).message_count
-                except conn.channel_errors:  # never declared: nothing waits there
+                except conn.channel_errors:
                     continue
-        return {name: n for name, n in counts.items() if n}
+        return counts
 
     def app(self, main: str = "celerylab") -> Celery:
         """A bare app on this namespace: for sending by task name, remote control and events."""

@@ -29,6 +29,7 @@ A lab test module is ``tests/labs/test_<lab>.py``; the lab's name comes from the
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import os
@@ -193,19 +194,22 @@ def _deadline(item: pytest.Item) -> float:
 DURATIONS = kit_root() / "tests" / "labs" / "durations.json"  # benchmarks/grade_latency.py --save-durations
 
 
+def measured_durations() -> dict[str, float]:
+    """Test id -> seconds, from DURATIONS; empty if there is none (or it cannot be read)."""
+    try:
+        return json.loads(DURATIONS.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+_durations = functools.cache(measured_durations)  # read once per grade
+
+
 def _expected(item: pytest.Item) -> float:
     """How long a test is expected to take, for the order shards take tests in (the longest first): what
     the solutions' tests took when last measured; a test not measured (hidden tests, a new one) is guessed
     at a tenth of its deadline. Only the order depends on it, never a verdict."""
-    if _MEASURED.get("durations") is None:
-        try:
-            _MEASURED["durations"] = json.loads(DURATIONS.read_text())
-        except (OSError, ValueError):
-            _MEASURED["durations"] = {}
-    return _MEASURED["durations"].get(item.nodeid, _deadline(item) / 10)
-
-
-_MEASURED: dict[str, dict[str, float] | None] = {"durations": None}
+    return _durations().get(item.nodeid, _deadline(item) / 10)
 
 
 def _points(item: pytest.Item) -> float:
